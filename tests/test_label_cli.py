@@ -1,0 +1,102 @@
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from mssl_core.__main__ import main
+from mssl_core.checkpoints import MODELS_DIR, available_models, load_model
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_checkpoint_round_trip(tiny_models):
+    model = load_model("conv4-softkmeans", tiny_models)
+    assert model.backbone.name == "conv4" and model.method.name == "softkmeans"
+    reference = torch.load(tiny_models / "conv4-softkmeans.pt", weights_only=True)
+    for key, value in reference["backbone_state"].items():
+        assert torch.equal(model.backbone.state_dict()[key], value)
+
+
+def test_unknown_model_lists_what_is_available(tiny_models):
+    with pytest.raises(FileNotFoundError, match="conv4-protonet"):
+        load_model("nope", tiny_models)
+
+
+def test_label_cli_writes_a_row_per_file_and_reports_the_corrupt_one(
+    shape_folders, tiny_models, tmp_path, capsys
+):
+    support, unlabeled, truth = shape_folders
+    out = tmp_path / "predictions.csv"
+    args = ["label", "--support", str(support), "--unlabeled", str(unlabeled), "--out", str(out)]
+    assert main([*args, "--models", str(tiny_models)]) == 0
+    rows = _read(out)
+    assert list(rows[0]) == [
+        "path",
+        "label",
+        "confidence",
+        "error",
+        *[f"p_{c}" for c in ("circle", "cross", "square")],
+    ]
+    assert sorted(r["path"] for r in rows) == sorted([*truth, "broken.png"])
+    broken = next(r for r in rows if r["path"] == "broken.png")
+    assert broken["label"] == "" and "not an image" in broken["error"]
+    assert "broken.png" in capsys.readouterr().err
+    for row in rows:
+        if row["path"] != "broken.png":
+            assert row["error"] == "" and row["label"] in ("circle", "cross", "square")
+            total = sum(float(row[f"p_{c}"]) for c in ("circle", "cross", "square"))
+            assert abs(total - 1) < 1e-3
+            assert abs(float(row["confidence"]) - max(float(row[k]) for k in row if k[:2] == "p_")) < 1e-4
+
+
+def test_label_cli_refuses_a_single_class(shape_folders, tiny_models, tmp_path):
+    support, unlabeled, _ = shape_folders
+    for extra in ("square", "cross"):
+        for file in (support / extra).iterdir():
+            file.unlink()
+        (support / extra).rmdir()
+    with pytest.raises(ValueError, match="at least two class"):
+        main(
+            [
+                "label",
+                "--support",
+                str(support),
+                "--unlabeled",
+                str(unlabeled),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--models",
+                str(tiny_models),
+            ]
+        )
+
+
+@pytest.mark.skipif("conv4-softkmeans" not in available_models(), reason="no shipped model yet")
+def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path):
+    """The meta-trained model never saw shapes; from 3 examples each it should still sort them."""
+    support, unlabeled, truth = shape_folders
+    out = tmp_path / "predictions.csv"
+    main(
+        [
+            "label",
+            "--support",
+            str(support),
+            "--unlabeled",
+            str(unlabeled),
+            "--out",
+            str(out),
+            "--method",
+            "softkmeans",
+            "--backbone",
+            "conv4",
+            "--models",
+            str(MODELS_DIR),
+        ]
+    )
+    rows = [r for r in _read(out) if r["path"] in truth]
+    accuracy = sum(r["label"] == truth[r["path"]] for r in rows) / len(rows)
+    assert accuracy >= 0.8
