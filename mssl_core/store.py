@@ -1,0 +1,194 @@
+"""Labeling projects in SQLite: images (by content hash), labels, predictions and every decision
+with a timestamp (the audit trail). A decision is committed before the call returns, so a UI
+that waits for it never confirms something that could be lost.
+
+Layout under the data directory (`MSSL_DATA_DIR`, default `./data`):
+`projects/<slug>/project.sqlite` and `projects/<slug>/images/<sha256><ext>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mssl_core.data.paths import REPO_ROOT
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('labeled', 'unlabeled')),
+    label TEXT,
+    file TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    UNIQUE (sha256, role)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    label TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    method TEXT NOT NULL,
+    predicted_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    action TEXT NOT NULL CHECK (action IN ('accept', 'correct', 'skip', 'undo')),
+    label TEXT,
+    session TEXT,
+    decided_at REAL NOT NULL
+);
+"""
+
+
+def data_dir() -> Path:
+    """Where labeling projects live; `MSSL_DATA_DIR` moves it."""
+    return Path(os.environ.get("MSSL_DATA_DIR", REPO_ROOT / "data"))
+
+
+def slugify(name: str) -> str:
+    """A folder-safe name for a project: letters, digits, '-' and '_' only."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name.strip()).strip("-").lower()
+    if not slug:
+        raise ValueError(f"project name {name!r} has no letters or digits")
+    return slug
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    id: int
+    sha256: str
+    name: str
+    role: str
+    label: str | None
+    path: Path
+
+
+class LabelingProject:
+    """One named project on disk; every write is committed before the method returns."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.images_dir = folder / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(folder / "project.sqlite", timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add_image(
+        self, content: bytes, name: str, role: str, label: str | None = None
+    ) -> tuple[StoredImage, bool]:
+        """Store an image's bytes under its content hash; (image, False) if it was already there."""
+        sha = hashlib.sha256(content).hexdigest()
+        existing = self._image_where("sha256 = ? AND role = ?", (sha, role))
+        if existing:
+            return existing[0], False
+        file = sha + Path(name).suffix.lower()[:10]
+        target = self.images_dir / file
+        if not target.exists():
+            partial = target.with_suffix(target.suffix + ".part")
+            partial.write_bytes(content)
+            partial.replace(target)
+        with self.db:
+            cursor = self.db.execute(
+                "INSERT INTO images (sha256, name, role, label, file, added_at) VALUES (?,?,?,?,?,?)",
+                (sha, name, role, label, file, time.time()),
+            )
+        return self.image(cursor.lastrowid), True
+
+    def image(self, image_id: int) -> StoredImage:
+        found = self._image_where("id = ?", (image_id,))
+        if not found:
+            raise KeyError(f"no image {image_id} in project {self.name}")
+        return found[0]
+
+    def images(self, role: str | None = None) -> list[StoredImage]:
+        if role is None:
+            return self._image_where("1", ())
+        return self._image_where("role = ?", (role,))
+
+    def _image_where(self, where: str, params: tuple) -> list[StoredImage]:
+        rows = self.db.execute(
+            f"SELECT id, sha256, name, role, label, file FROM images WHERE {where} ORDER BY id", params
+        ).fetchall()
+        return [StoredImage(r[0], r[1], r[2], r[3], r[4], self.images_dir / r[5]) for r in rows]
+
+    def save_predictions(self, rows: list[tuple[int, str, float]], method: str) -> None:
+        """Replace the predictions of the given images: (image id, label, confidence)."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?)",
+                [(i, label, float(conf), method, now) for i, label, conf in rows],
+            )
+
+    def predictions(self) -> dict[int, tuple[str, float]]:
+        rows = self.db.execute("SELECT image_id, label, confidence FROM predictions").fetchall()
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    def decide(self, image_id: int, action: str, label: str | None = None, session: str = "") -> None:
+        """Record a reviewer's decision (committed, durable) in the audit trail."""
+        self.image(image_id)
+        if action in ("accept", "correct") and not label:
+            raise ValueError(f"a {action} decision needs a label")
+        with self.db:
+            self.db.execute(
+                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
+                (image_id, action, label, session, time.time()),
+            )
+
+    def current_decisions(self) -> dict[int, tuple[str, str | None]]:
+        """The latest decision per image (undo removes an image's decision)."""
+        rows = self.db.execute("SELECT image_id, action, label FROM decisions ORDER BY id").fetchall()
+        latest: dict[int, tuple[str, str | None]] = {}
+        for image_id, action, label in rows:
+            if action == "undo":
+                latest.pop(image_id, None)
+            else:
+                latest[image_id] = (action, label)
+        return latest
+
+    def audit_trail(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT d.id, i.name, d.action, d.label, d.session, d.decided_at "
+            "FROM decisions d JOIN images i ON i.id = d.image_id ORDER BY d.id"
+        ).fetchall()
+        keys = ("id", "image", "action", "label", "session", "decided_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def project_folder(name: str) -> Path:
+    return data_dir() / "projects" / slugify(name)
+
+
+def open_project(name: str, create: bool = True) -> LabelingProject:
+    """Open (or create) a project by name."""
+    folder = project_folder(name)
+    if not create and not (folder / "project.sqlite").exists():
+        raise FileNotFoundError(f"no project named {name!r} in {data_dir()}")
+    return LabelingProject(folder)
+
+
+def list_projects() -> list[str]:
+    root = data_dir() / "projects"
+    return sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
+
+
+def delete_project(name: str) -> None:
+    """Remove a project's images, database and everything else in its folder."""
+    shutil.rmtree(project_folder(name))
