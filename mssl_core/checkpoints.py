@@ -3,6 +3,7 @@ JSON model card `NAME.json` beside it in `assets/models/`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,12 @@ class Model:
     backbone: Backbone
     method: torch.nn.Module
     card: dict = field(default_factory=dict)
+    fingerprint: str = ""  # hash of the checkpoint file: keys the embedding cache
+
+    @property
+    def backbone_key(self) -> str:
+        """Identifies the embeddings this model's backbone produces."""
+        return f"{self.backbone.name}:{self.fingerprint}"
 
 
 def save_model(model: Model, folder: Path = MODELS_DIR) -> Path:
@@ -51,6 +58,7 @@ def load_model(name_or_path: str | Path, folder: Path = MODELS_DIR) -> Model:
     if not path.exists():
         available = sorted(p.stem for p in folder.glob("*.pt"))
         raise FileNotFoundError(f"no model {path}; available: {available}")
+    fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     stored = torch.load(path, weights_only=True)
     backbone = make_backbone(stored["backbone"])
     backbone.load_trainable_state(stored["backbone_state"])
@@ -58,7 +66,7 @@ def load_model(name_or_path: str | Path, folder: Path = MODELS_DIR) -> Model:
     method.load_state_dict(stored["method_state"])
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    return Model(path.stem, backbone.eval(), method.eval(), card)
+    return Model(path.stem, backbone.eval(), method.eval(), card, fingerprint)
 
 
 def available_models(folder: Path = MODELS_DIR) -> list[str]:

@@ -89,7 +89,7 @@ def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
     if getattr(METHODS[method], "meta_trained", True):
         return load_model(f"{backbone}-{method}", folder)
     model = load_model(f"{backbone}-protonet", folder)
-    return Model(f"{backbone}+{method}", model.backbone, make_method(method), model.card)
+    return Model(f"{backbone}+{method}", model.backbone, make_method(method), model.card, model.fingerprint)
 
 
 def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 64) -> Tensor:
