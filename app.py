@@ -7,7 +7,11 @@ st.set_page_config(page_title="MSSL Label Assist", page_icon="🏷️", layout="
 navigation = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-        st.Page("pages/model.py", title="Model", icon="🧠"),
+        st.Page("pages/upload.py", title="1 · Project & upload", icon="📁"),
+        st.Page("pages/pseudo_label.py", title="2 · Pseudo-label", icon="🪄"),
+        st.Page("pages/review.py", title="3 · Review", icon="✅"),
+        st.Page("pages/export.py", title="5 · Export", icon="📦"),
+        st.Page("pages/model.py", title="6 · Model", icon="🧠"),
     ]
 )
 navigation.run()

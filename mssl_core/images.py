@@ -6,7 +6,10 @@ words, so callers can report it by name and go on with the rest.
 
 from __future__ import annotations
 
+import csv
+import io
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,15 +32,17 @@ class ImageFile:
     label: str | None = None
 
 
-def decode_image(path: Path) -> Image.Image:
-    """Decode a file into an 8-bit RGB or L image, EXIF orientation applied, first frame only."""
-    path = Path(path)
+def decode_image(source: Path | bytes) -> Image.Image:
+    """Decode a file (path or bytes) into an 8-bit RGB or L image, EXIF orientation applied,
+    first frame only."""
     try:
-        if path.stat().st_size == 0:
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if size == 0:
             raise ImageError("the file is empty (0 bytes)")
+        opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(opened) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ImageError(f"{width} x {height} pixels is larger than the {MAX_PIXELS:,}-pixel limit")
@@ -101,3 +106,71 @@ def class_folder_files(folder: Path) -> list[ImageFile]:
         if len(relative.parts) >= 2:
             files.append(ImageFile(path, relative.parts[0]))
     return files
+
+
+ARCHIVE_LIMITS = {"members": 50_000, "total_bytes": 4 * 1024**3, "ratio": 200}
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """An uploaded image (possibly from inside a zip); `label` from its class folder, if any."""
+
+    name: str
+    content: bytes
+    label: str | None = None
+
+
+def expand_uploads(
+    items: list[tuple[str, bytes]],
+) -> tuple[list[UploadedFile], list[tuple[str, str]]]:
+    """Files and zips -> image files (labelled by their parent folder inside a zip) and
+    (name, problem) for everything skipped. Zips are read in memory, never extracted by path."""
+    files: list[UploadedFile] = []
+    problems: list[tuple[str, str]] = []
+    for name, content in items:
+        if not name.lower().endswith(".zip"):
+            files.append(UploadedFile(Path(name).name, content))
+            continue
+        try:
+            archive = zipfile.ZipFile(io.BytesIO(content))
+            members = [m for m in archive.infolist() if not m.is_dir()]
+        except zipfile.BadZipFile:
+            problems.append((name, "not a readable zip archive"))
+            continue
+        if len(members) > ARCHIVE_LIMITS["members"]:
+            problems.append((name, f"more than {ARCHIVE_LIMITS['members']:,} files in the archive"))
+            continue
+        if sum(m.file_size for m in members) > ARCHIVE_LIMITS["total_bytes"]:
+            problems.append((name, "the archive unpacks to more than 4 GB"))
+            continue
+        for member in members:
+            parts = Path(member.filename).parts
+            if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                continue
+            shown = f"{name}/{member.filename}"
+            if member.filename.startswith(("/", "\\")) or ".." in parts:
+                problems.append((shown, "unsafe path inside the archive (absolute or '..'); skipped"))
+            elif member.file_size > ARCHIVE_LIMITS["ratio"] * max(member.compress_size, 1):
+                problems.append((shown, "suspicious compression ratio (possible zip bomb); skipped"))
+            elif member.filename.lower().endswith(".zip"):
+                problems.append((shown, "archives inside archives are not opened; upload it separately"))
+            else:
+                label = parts[-2] if len(parts) >= 2 else None
+                files.append(UploadedFile(parts[-1], archive.read(member), label))
+    return files, problems
+
+
+def read_label_csv(content: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """A `file,label` CSV (header optional; `,` or `;`; BOM tolerated) -> {file name: label}."""
+    text = content.decode("utf-8-sig", errors="replace")
+    dialect = csv.Sniffer().sniff(text[:2048], delimiters=",;") if text.strip() else csv.excel
+    labels: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    for number, row in enumerate(csv.reader(io.StringIO(text), dialect), start=1):
+        if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "label"]):
+            continue
+        if len(row) < 2 or not row[1].strip():
+            problems.append((f"labels CSV line {number}", "no label given"))
+            continue
+        labels[Path(row[0].strip()).name] = row[1].strip()
+    return labels, problems

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     method TEXT NOT NULL,
     predicted_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY,
     image_id INTEGER NOT NULL REFERENCES images(id),
@@ -128,6 +129,14 @@ class LabelingProject:
         ).fetchall()
         return [StoredImage(r[0], r[1], r[2], r[3], r[4], self.images_dir / r[5]) for r in rows]
 
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+
     def save_predictions(self, rows: list[tuple[int, str, float]], method: str) -> None:
         """Replace the predictions of the given images: (image id, label, confidence)."""
         now = time.time()
@@ -165,10 +174,10 @@ class LabelingProject:
 
     def audit_trail(self) -> list[dict]:
         rows = self.db.execute(
-            "SELECT d.id, i.name, d.action, d.label, d.session, d.decided_at "
+            "SELECT d.id, d.image_id, i.name, d.action, d.label, d.session, d.decided_at "
             "FROM decisions d JOIN images i ON i.id = d.image_id ORDER BY d.id"
         ).fetchall()
-        keys = ("id", "image", "action", "label", "session", "decided_at")
+        keys = ("id", "image_id", "image", "action", "label", "session", "decided_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
 

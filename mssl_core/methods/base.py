@@ -28,6 +28,7 @@ class MetricMethod(nn.Module):
     """
 
     name = ""
+    description = ""
     meta_trained = True
     uses_unlabeled = False
 

@@ -31,6 +31,7 @@ class MaskedSoftKMeans(MetricMethod):
     """Soft k-means whose unlabeled assignments pass through a meta-learned soft mask."""
 
     name = "masked-softkmeans"
+    description = "Learns from the unlabeled batch but ignores images that fit no class (robust to junk)."
     uses_unlabeled = True
 
     def __init__(self, hidden: int = 20):

@@ -30,6 +30,7 @@ class SoftKMeans(MetricMethod):
     """Semi-supervised prototypes; with no unlabeled images it is exactly prototypical."""
 
     name = "softkmeans"
+    description = "Also learns from the unlabeled batch: class centres move towards the groups it forms."
     uses_unlabeled = True
 
     def __init__(self, steps: int = 1):

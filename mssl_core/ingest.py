@@ -1,0 +1,74 @@
+"""Adding uploaded images to a project: every file is decoded once to prove it is usable,
+duplicates (same content) are counted once, and every skipped file is reported with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mssl_core.data.paths import REPO_ROOT
+from mssl_core.images import ImageError, UploadedFile, decode_image, list_files
+from mssl_core.store import LabelingProject
+
+DEMO_DIR = REPO_ROOT / "assets" / "demo"
+
+
+@dataclass
+class IngestReport:
+    added: int = 0
+    duplicates: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def ingest(
+    project: LabelingProject,
+    files: list[UploadedFile],
+    role: str,
+    csv_labels: dict[str, str] | None = None,
+    default_label: str | None = None,
+) -> IngestReport:
+    """Store usable files as `role` images. Labeled files take their label from the CSV, then
+    their class folder, then `default_label`; a labeled file with none of these is reported."""
+    report = IngestReport()
+    other_role = {"labeled": "unlabeled", "unlabeled": "labeled"}[role]
+    other_hashes = {image.sha256 for image in project.images(other_role)}
+    for file in files:
+        label = None
+        if role == "labeled":
+            label = (csv_labels or {}).get(file.name) or file.label or (default_label or None)
+            if not label:
+                report.problems.append((file.name, "no class given (folder, CSV or typed name)"))
+                continue
+        try:
+            decode_image(file.content)
+        except ImageError as error:
+            report.problems.append((file.name, str(error)))
+            continue
+        image, added = project.add_image(file.content, file.name, role, label)
+        if not added:
+            report.duplicates.append(f"{file.name} (same image as {image.name})")
+        elif image.sha256 in other_hashes:
+            report.duplicates.append(f"{file.name} is also in the {other_role} set")
+            report.added += 1
+        else:
+            report.added += 1
+    return report
+
+
+def load_demo(project: LabelingProject) -> tuple[IngestReport, IngestReport]:
+    """The bundled demo: a few labeled Fashion-MNIST items per class and an unlabeled batch."""
+    labeled = [UploadedFile(p.name, p.read_bytes(), p.parent.name) for p in list_files(DEMO_DIR / "labeled")]
+    unlabeled = [UploadedFile(p.name, p.read_bytes()) for p in list_files(DEMO_DIR / "unlabeled")]
+    return ingest(project, labeled, "labeled"), ingest(project, unlabeled, "unlabeled")
+
+
+def class_counts(project: LabelingProject) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for image in project.images("labeled"):
+        counts[image.label] = counts.get(image.label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def demo_truth() -> dict[str, str]:
+    """True labels of the demo's unlabeled batch (for measuring, never for predicting)."""
+    lines = (DEMO_DIR / "unlabeled_truth.csv").read_text().splitlines()[1:]
+    return dict(line.split(",", 1) for line in lines)

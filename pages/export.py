@@ -1,0 +1,43 @@
+"""Step 5 — Export: CSV, Label Studio JSON, or a class-folder zip (torchvision ImageFolder)."""
+
+import streamlit as st
+
+from mssl_core.export import to_class_folders_zip, to_csv, to_label_studio
+from mssl_core.pseudo_label import export_rows
+from pages.common import require_project
+
+st.title("Export")
+project = require_project()
+
+include = st.radio(
+    "Which labels?",
+    ["decided", "all"],
+    format_func={
+        "decided": "Only labels a person gave or confirmed (labeled, accepted, corrected)",
+        "all": "Also the model's pseudo-labels for images nobody reviewed",
+    }.get,
+)
+rows = export_rows(project, include_pseudo_labels=include == "all")
+statuses = {}
+for row in rows:
+    statuses[row.status] = statuses.get(row.status, 0) + 1
+st.write(f"**{len(rows)} images**: " + ", ".join(f"{n} {s}" for s, n in statuses.items()))
+
+csv_tab, studio_tab, folders_tab = st.tabs(["CSV", "Label Studio", "Class folders (zip)"])
+with csv_tab:
+    st.download_button(
+        "Download CSV", to_csv(rows), f"{project.name}-labels.csv", "text/csv", disabled=not rows
+    )
+with studio_tab:
+    st.download_button(
+        "Download Label Studio JSON",
+        to_label_studio(rows),
+        f"{project.name}-label-studio.json",
+        "application/json",
+        disabled=not rows,
+    )
+with folders_tab:
+    if st.button("Build zip", disabled=not rows):
+        st.download_button(
+            "Download zip", to_class_folders_zip(rows), f"{project.name}-images.zip", "application/zip"
+        )
