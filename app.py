@@ -2,16 +2,16 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="MSSL Label Assist", page_icon="🏷️", layout="wide")
+st.set_page_config(page_title="MSSL Label Assist", page_icon=":material/label:", layout="wide")
 
 navigation = st.navigation(
     [
-        st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-        st.Page("pages/upload.py", title="1 · Project & upload", icon="📁"),
-        st.Page("pages/pseudo_label.py", title="2 · Pseudo-label", icon="🪄"),
-        st.Page("pages/review.py", title="3 · Review", icon="✅"),
-        st.Page("pages/export.py", title="5 · Export", icon="📦"),
-        st.Page("pages/model.py", title="6 · Model", icon="🧠"),
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/upload.py", title="1 · Project & upload", icon=":material/upload:"),
+        st.Page("pages/pseudo_label.py", title="2 · Pseudo-label", icon=":material/auto_awesome:"),
+        st.Page("pages/review.py", title="3 · Review", icon=":material/fact_check:"),
+        st.Page("pages/export.py", title="5 · Export", icon=":material/download:"),
+        st.Page("pages/model.py", title="6 · Model", icon=":material/model_training:"),
     ]
 )
 navigation.run()

@@ -48,3 +48,22 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     rows = reliability(confidence, correct, bins)
     total = sum(r["count"] for r in rows)
     return float(sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in rows) / total)
+
+
+def leave_one_out_temperature(
+    method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
+) -> float | None:
+    """A temperature fitted on the user's own labeled images: each is predicted by the method
+    adapted without it. Confidence learnt on characters does not transfer to, say, clothing
+    photos; this measures it on the task at hand. None when a class has a single image or the
+    method has no logits."""
+    counts = torch.bincount(support_labels)
+    if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "logits"):
+        return None
+    logits = []
+    with torch.no_grad():
+        for i in range(len(support)):
+            keep = torch.arange(len(support)) != i
+            method.fit(support[keep], support_labels[keep], unlabeled)
+            logits.append(method.logits(support[i : i + 1]))
+    return fit_temperature(torch.cat(logits), support_labels)

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from mssl_core.backbones import Backbone
+from mssl_core.calibration import leave_one_out_temperature
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
 from mssl_core.methods import METHODS, make_method
@@ -33,6 +34,7 @@ class Prediction:
     classes: list[str]
     probabilities: np.ndarray
     embeddings: np.ndarray
+    task_temperature: float | None = None  # fitted on the user's labeled images, if it could be
 
     @property
     def labels(self) -> list[str]:
@@ -104,11 +106,21 @@ def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: 
 def adapt(
     model: Model, classes: list[str], support: Tensor, support_labels: Tensor, unlabeled: Tensor
 ) -> Prediction:
-    """Fit the method to the task (support + unlabeled) and predict every unlabeled image."""
+    """Fit the method to the task (support + unlabeled) and predict every unlabeled image.
+
+    Where every class has two or more labeled images, confidence is recalibrated on them by
+    leave-one-out (see calibration.py); otherwise the temperature fitted on validation
+    characters is used."""
+    task_unlabeled = unlabeled if len(unlabeled) else None
+    method = model.method
+    temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
     with torch.no_grad():
-        model.method.fit(support, support_labels, unlabeled if len(unlabeled) else None)
-        probabilities = model.method.predict_proba(unlabeled)
-    return Prediction(classes, probabilities.numpy(), unlabeled.numpy())
+        method.fit(support, support_labels, task_unlabeled)
+        if temperature is None:
+            probabilities = method.predict_proba(unlabeled)
+        else:
+            probabilities = torch.softmax(method.logits(unlabeled) / temperature, dim=1)
+    return Prediction(classes, probabilities.numpy(), unlabeled.numpy(), temperature)
 
 
 def _leave_one_out_accuracy(embeddings: Tensor, labels: Tensor) -> float | None:

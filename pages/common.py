@@ -55,5 +55,5 @@ def require_project() -> LabelingProject:
         except FileNotFoundError:
             st.warning(f"Project '{name}' no longer exists.")
     st.info("Choose or create a project first.")
-    st.page_link("pages/upload.py", label="Go to Project & upload", icon="📁")
+    st.page_link("pages/upload.py", label="Go to Project & upload", icon=":material/upload:")
     st.stop()

@@ -64,10 +64,12 @@ if st.button("Pseudo-label", type="primary"):
     seconds = time.perf_counter() - started
     counts = {c: result.prediction.labels.count(c) for c in result.prediction.classes}
     st.success(f"Pseudo-labeled {len(result.images)} images in {seconds:.1f} s with {method}.")
+    if result.prediction.task_temperature:
+        st.caption("Confidence was calibrated on your own labeled examples (leave-one-out).")
     confident = (result.prediction.confidence >= 0.9).sum()
     st.write(f"{confident} of {len(result.images)} images are predicted with ≥ 90% confidence.")
     st.bar_chart(counts, x_label="class", y_label="images")
-    st.page_link("pages/review.py", label="Next: review the pseudo-labels", icon="➡️")
+    st.page_link("pages/review.py", label="Next: review the pseudo-labels", icon=":material/arrow_forward:")
 elif project.predictions():
     st.info(f"This project has {len(project.predictions())} pseudo-labels; run again to refresh them.")
-    st.page_link("pages/review.py", label="Review them", icon="➡️")
+    st.page_link("pages/review.py", label="Review them", icon=":material/arrow_forward:")

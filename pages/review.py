@@ -15,7 +15,7 @@ st.title("Review")
 project = require_project()
 if not project.predictions():
     st.info("Nothing to review yet.")
-    st.page_link("pages/pseudo_label.py", label="Pseudo-label first", icon="⬅️")
+    st.page_link("pages/pseudo_label.py", label="Pseudo-label first", icon=":material/arrow_back:")
     st.stop()
 
 result = pseudo_label_project(project, project_model(project), embedding_cache())
@@ -29,7 +29,12 @@ with st.container(border=True):
     threshold = st.slider("Confidence threshold", 0.5, 1.0, 0.95, 0.01)
     pending_confidence = prediction.confidence[pending]
     count, precision = threshold_summary(pending_confidence, threshold)
-    expected = f", expected precision {precision:.1%} (from calibrated confidence)" if count else ""
+    source = (
+        "confidence calibrated on your labeled examples"
+        if prediction.task_temperature
+        else "confidence calibrated on validation tasks"
+    )
+    expected = f", expected precision {precision:.1%} ({source})" if count else ""
     st.write(f"Accepts **{count}** images{expected}.")
     if st.button(f"Accept {count} images", disabled=count == 0):
         for index in pending:
@@ -44,7 +49,7 @@ order = review_order(
 queue = [pending[i] for i in order[:PAGE_SIZE]]
 if not queue:
     st.success("Every image has been reviewed.")
-    st.page_link("pages/export.py", label="Export the labels", icon="➡️")
+    st.page_link("pages/export.py", label="Export the labels", icon=":material/arrow_forward:")
 columns = st.columns(4)
 for slot, index in enumerate(queue):
     image = result.images[index]

@@ -90,4 +90,4 @@ if counts:
 if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:
-    st.page_link("pages/pseudo_label.py", label="Next: pseudo-label the batch", icon="➡️")
+    st.page_link("pages/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")

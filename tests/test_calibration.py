@@ -17,3 +17,16 @@ def test_ece_is_small_when_calibrated_and_large_when_overconfident():
     correct = rng.uniform(size=confidence.size) < confidence
     assert expected_calibration_error(confidence, correct) < 0.01
     assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) > 0.45
+
+
+def test_leave_one_out_temperature_tempers_an_overconfident_task():
+    from mssl_core.calibration import leave_one_out_temperature
+    from mssl_core.methods import make_method
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(6)
+    # overlapping classes at a large scale: raw softmax of squared distances is far too sure
+    support = (torch.randn(4, 8, generator=generator)[labels] + torch.randn(24, 8, generator=generator)) * 5
+    method = make_method("protonet")
+    assert leave_one_out_temperature(method, support, labels, None) > 5
+    assert leave_one_out_temperature(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None

@@ -1,0 +1,131 @@
+"""End to end in a real headless browser (Debian's chromium driven by Playwright): start the
+server, load the demo, pseudo-label, correct one image, accept above a threshold, export the
+CSV and check its rows. Screenshots go to MSSL_SCREENSHOT_DIR (docs/ when refreshing them)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mssl_core.checkpoints import available_models
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+    pytest.mark.skipif("conv4-softkmeans" not in available_models(), reason="needs shipped models"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "MSSL_DATA_DIR": str(tmp_path / "data")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)  # polling the port, not waiting on the page
+    yield url
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def _wait_for_images(page) -> None:
+    """Thumbnails arrive after the page: wait until every image has loaded."""
+    page.wait_for_function(
+        "() => document.images.length > 0 && [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
+def test_label_the_demo_in_a_browser(server, tmp_path):
+    shots = Path(os.environ.get("MSSL_SCREENSHOT_DIR", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(120_000)
+        expect = playwright.expect
+
+        page.goto(server)
+        expect(page.get_by_role("heading", name="MSSL Label Assist")).to_be_visible()
+        page.screenshot(path=shots / "0-home.png")
+
+        page.get_by_role("link", name="Project & upload").click()
+        page.get_by_label("…or create a new one").fill("browser demo")
+        page.get_by_role("button", name="Create project").click()
+        expect(page.get_by_text("Project: browser-demo")).to_be_visible()
+        page.get_by_role("button", name="Load demo data").click()
+        expect(page.get_by_text("300 added")).to_be_visible()
+        _wait_for_images(page)
+        page.screenshot(path=shots / "1-upload.png", full_page=True)
+
+        page.get_by_role("link", name="Pseudo-label").first.click()
+        page.get_by_role("button", name="Pseudo-label").click()
+        expect(page.get_by_text("Pseudo-labeled 300 images")).to_be_visible()
+        page.screenshot(path=shots / "2-pseudo-label.png", full_page=True)
+
+        page.get_by_role("link", name="Review").click()
+        expect(page.get_by_text("0 of 300 reviewed")).to_be_visible()
+        _wait_for_images(page)
+        page.screenshot(path=shots / "3-review.png", full_page=True)
+        # correct the first card: choose another class than the predicted one
+        first_card_select = page.get_by_test_id("stSelectbox").first
+        first_card_select.click()
+        options = page.get_by_role("option")
+        current = first_card_select.inner_text().strip()
+        options.filter(has_not_text=current).first.click()
+        page.get_by_role("button", name="Correct").first.click()
+        expect(page.get_by_text("1 of 300 reviewed")).to_be_visible()
+
+        bulk = page.get_by_role("button", name="Accept ").filter(has_text="images")
+        accepted = int(bulk.inner_text().split()[1])
+        bulk.click()
+        expect(page.get_by_text(f"{1 + accepted} of 300 reviewed")).to_be_visible()
+
+        page.get_by_role("link", name="Export").click()
+        expect(page.get_by_text(f"{25 + 1 + accepted} images")).to_be_visible()
+        page.screenshot(path=shots / "5-export.png", full_page=True)
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download CSV").click()
+        rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+        browser.close()
+
+    assert len(rows) == 25 + 1 + accepted
+    statuses = [r["status"] for r in rows]
+    assert statuses.count("labeled") == 25 and statuses.count("corrected") == 1
+    assert statuses.count("accepted") == accepted
+    assert all(r["label"] for r in rows) and set(rows[0]) == {"file", "label", "confidence", "status"}

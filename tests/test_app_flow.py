@@ -1,0 +1,61 @@
+"""The labeling flow page by page in AppTest: demo upload -> pseudo-label -> review -> export."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mssl_core import store
+from mssl_core.checkpoints import available_models
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+pytestmark = pytest.mark.skipif(
+    "conv4-softkmeans" not in available_models(), reason="needs the shipped conv4 models"
+)
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))
+    store.open_project("demo").close()
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.session_state["project"] = "demo"
+    app.run()
+    return app
+
+
+def _button(app, label_start: str):
+    return next(b for b in app.button if b.label.startswith(label_start))
+
+
+def test_demo_pseudo_label_review_and_export(app):
+    app.switch_page("pages/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    assert not app.exception
+    project = store.open_project("demo", create=False)
+    assert len(project.images("labeled")) == 25 and len(project.images("unlabeled")) == 300
+
+    app.switch_page("pages/pseudo_label.py").run()
+    app.selectbox[0].set_value("conv4").run()
+    _button(app, "Pseudo-label").click().run()
+    assert not app.exception
+    assert "Pseudo-labeled 300 images" in app.success[0].value
+    assert len(project.predictions()) == 300
+
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    first_accept = next(b for b in app.button if b.label in ("Accept", "Correct"))
+    first_accept.click().run()
+    assert len(project.current_decisions()) == 1
+
+    app.slider[0].set_value(0.9).run()
+    bulk = _button(app, "Accept ")
+    expected = int(bulk.label.split()[1])
+    bulk.click().run()
+    decisions = project.current_decisions()
+    assert len(decisions) == 1 + expected
+    assert all(action in ("accept", "correct") for action, _ in decisions.values())
+
+    app.switch_page("pages/export.py").run()
+    assert not app.exception
+    assert f"**{25 + len(decisions)} images**" in app.markdown[0].value
