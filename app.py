@@ -10,6 +10,7 @@ navigation = st.navigation(
         st.Page("pages/upload.py", title="1 · Project & upload", icon=":material/upload:"),
         st.Page("pages/pseudo_label.py", title="2 · Pseudo-label", icon=":material/auto_awesome:"),
         st.Page("pages/review.py", title="3 · Review", icon=":material/fact_check:"),
+        st.Page("pages/explore.py", title="4 · Explore", icon=":material/scatter_plot:"),
         st.Page("pages/export.py", title="5 · Export", icon=":material/download:"),
         st.Page("pages/model.py", title="6 · Model", icon=":material/model_training:"),
     ]

@@ -32,17 +32,17 @@ def ingest(
     other_role = {"labeled": "unlabeled", "unlabeled": "labeled"}[role]
     other_hashes = {image.sha256 for image in project.images(other_role)}
     for file in files:
+        try:
+            decode_image(file.content)
+        except ImageError as error:
+            report.problems.append((file.name, str(error)))
+            continue
         label = None
         if role == "labeled":
             label = (csv_labels or {}).get(file.name) or file.label or (default_label or None)
             if not label:
                 report.problems.append((file.name, "no class given (folder, CSV or typed name)"))
                 continue
-        try:
-            decode_image(file.content)
-        except ImageError as error:
-            report.problems.append((file.name, str(error)))
-            continue
         image, added = project.add_image(file.content, file.name, role, label)
         if not added:
             report.duplicates.append(f"{file.name} (same image as {image.name})")

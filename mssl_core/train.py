@@ -38,8 +38,8 @@ class TrainConfig:
     queries: int = 5
     learning_rate: float = 1e-3
     seed: int = 0
-    train_classes_for_head: int = 300  # MobileNetV2: classes whose frozen features are cached
-    images_per_class_for_head: int = 10
+    train_classes_for_head: int = 250  # MobileNetV2: classes whose frozen features are cached
+    images_per_class_for_head: int = 16
 
     @property
     def name(self) -> str:

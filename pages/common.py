@@ -3,6 +3,8 @@ current project, whose name is also kept in the URL so a refresh resumes it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from mssl_core.checkpoints import Model
@@ -11,9 +13,13 @@ from mssl_core.labeling import default_method, model_for
 from mssl_core.store import LabelingProject, data_dir, open_project
 
 
-@st.cache_resource
 def embedding_cache() -> EmbeddingCache:
-    return EmbeddingCache(data_dir() / "embeddings.sqlite")
+    return _embedding_cache(str(data_dir()))
+
+
+@st.cache_resource
+def _embedding_cache(folder: str) -> EmbeddingCache:
+    return EmbeddingCache(Path(folder) / "embeddings.sqlite")
 
 
 @st.cache_resource
@@ -42,7 +48,8 @@ def set_current_project(name: str) -> None:
 
 
 @st.cache_resource
-def _open(name: str) -> LabelingProject:
+def _open(folder: str, name: str) -> LabelingProject:
+    """One connection per project per process; keyed by the data folder too."""
     return open_project(name, create=False)
 
 
@@ -51,7 +58,7 @@ def require_project() -> LabelingProject:
     name = current_project_name()
     if name:
         try:
-            return _open(name)
+            return _open(str(data_dir()), name)
         except FileNotFoundError:
             st.warning(f"Project '{name}' no longer exists.")
     st.info("Choose or create a project first.")

@@ -56,6 +56,34 @@ def test_demo_pseudo_label_review_and_export(app):
     assert len(decisions) == 1 + expected
     assert all(action in ("accept", "correct") for action, _ in decisions.values())
 
+    app.switch_page("pages/explore.py").run()
+    assert not app.exception
+    assert len(app.get("plotly_chart")) == 2  # the map and the confidence histogram
+
     app.switch_page("pages/export.py").run()
     assert not app.exception
     assert f"**{25 + len(decisions)} images**" in app.markdown[0].value
+
+
+def test_upload_files_with_a_labels_csv_and_a_broken_file(app):
+    app.switch_page("pages/upload.py").run()
+    demo = Path(__file__).resolve().parents[1] / "assets" / "demo" / "labeled"
+    files = [p for p in sorted(demo.rglob("*.png")) if p.parent.name in ("bag", "dress")][:6]
+    uploads = [(f"{p.parent.name}-{p.name}", p.read_bytes(), "image/png") for p in files]
+    uploads.append(("scan.png", b"<html>not an image</html>", "image/png"))
+    app.get("file_uploader")[0].set_value(uploads).run()
+    labels = "file,label\n" + "".join(f"{name},{name.split('-')[0]}\n" for name, _, _ in uploads[:-1])
+    app.get("file_uploader")[1].set_value(("labels.csv", labels.encode(), "text/csv")).run()
+    _button(app, "Add labeled images").click().run()
+    assert not app.exception
+    project = store.open_project("demo", create=False)
+    assert sorted({i.label for i in project.images("labeled")}) == ["bag", "dress"]
+    assert len(project.images("labeled")) == 6
+    assert any("scan.png" in e.value and "not an image" in e.value for e in app.error)
+
+
+def test_model_page_shows_cards():
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    app.switch_page("pages/model.py").run()
+    assert not app.exception
+    assert "Recommended method" in app.info[0].value

@@ -79,6 +79,7 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(120_000)
         expect = playwright.expect
+        expect.set_options(timeout=120_000)
 
         page.goto(server)
         expect(page.get_by_role("heading", name="MSSL Label Assist")).to_be_visible()

@@ -1,0 +1,83 @@
+"""Step 4 — Explore: a 2-D map of the images; select a group with the lasso or box to give
+it a class in one go. Confidence histogram and counts per class beside it."""
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from mssl_core.projection import project_2d
+from mssl_core.pseudo_label import pseudo_label_project
+from pages.common import embedding_cache, project_model, require_project
+
+st.title("Explore")
+project = require_project()
+if not project.predictions():
+    st.info("Pseudo-label the batch first.")
+    st.page_link("pages/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
+    st.stop()
+
+result = pseudo_label_project(project, project_model(project), embedding_cache())
+prediction = result.prediction
+
+
+@st.cache_data(show_spinner="Laying out the map…")
+def layout(embeddings: np.ndarray, method: str) -> tuple[np.ndarray, str]:
+    return project_2d(embeddings, method)
+
+
+method = st.radio("Map", ["auto", "pca", "tsne"], horizontal=True, format_func=str.upper)
+points = np.concatenate([result.support_embeddings, prediction.embeddings])
+coordinates, used = layout(points, method)
+support_count = len(result.support_embeddings)
+frame = pd.DataFrame(
+    {
+        "x": coordinates[support_count:, 0],
+        "y": coordinates[support_count:, 1],
+        "label": [
+            (result.decisions.get(i.id, ("", None))[1] or lbl)
+            for i, lbl in zip(result.images, prediction.labels, strict=True)
+        ],
+        "confidence": prediction.confidence,
+        "status": [result.status(i) for i in result.images],
+        "file": [i.name for i in result.images],
+        "id": [i.id for i in result.images],
+    }
+)
+figure = px.scatter(
+    frame,
+    x="x",
+    y="y",
+    color="label",
+    symbol="status",
+    size=np.clip(frame["confidence"], 0.2, 1) * 12,
+    custom_data=["id"],
+    hover_data={"file": True, "confidence": ":.0%", "status": True, "x": False, "y": False},
+    title=f"{len(frame)} unlabeled images ({used.upper()}); larger = more confident",
+)
+figure.update_layout(dragmode="lasso", height=560)
+left, right = st.columns([3, 1])
+with left:
+    event = st.plotly_chart(
+        figure, on_select="rerun", selection_mode=("lasso", "box"), key="map", width="stretch"
+    )
+with right:
+    st.plotly_chart(
+        px.histogram(frame, x="confidence", nbins=20, title="Confidence", height=260), width="stretch"
+    )
+    counts = frame["label"].value_counts().rename_axis("class").reset_index(name="images")
+    st.dataframe(counts, hide_index=True)
+
+selected = [int(p["customdata"][0]) for p in event.selection.points] if event else []
+if selected:
+    st.write(f"**{len(selected)} images selected**")
+    by_id = {i.id: i for i in result.images}
+    st.image([str(by_id[i].path) for i in selected[:24]], width=56)
+    label = st.selectbox("Give them the class", prediction.classes)
+    if st.button(f"Assign '{label}' to {len(selected)} images", type="primary"):
+        predicted = dict(zip(frame["id"], prediction.labels, strict=True))
+        for image_id in selected:
+            action = "accept" if predicted[image_id] == label else "correct"
+            project.decide(image_id, action, label, session="explore")
+        st.toast(f"Saved {len(selected)} labels.")
+        st.rerun()
