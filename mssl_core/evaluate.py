@@ -85,6 +85,8 @@ def run_benchmark(
     """All rows of the benchmark as dicts (see module docstring)."""
     models = {name: load_model(name, folder) for name in available_models(folder)}
     rows: list[dict] = []
+    cache: dict[tuple[str, int], Tensor] = {}  # (dataset, backbone) -> embedded pool
+    pixels = PixelBackbone()
     for index, setting in enumerate(settings(quick)):
         images = image_pool(setting.dataset)
         n_classes, n_per_class = images.shape[:2]
@@ -92,7 +94,7 @@ def run_benchmark(
         backbones = sorted({m.backbone.name for m in models.values()})
         if setting.dataset == "characters":
             backbones = [b for b in backbones if b == "conv4"] or backbones
-        candidates = [("pixels", PixelBackbone(), make_method("protonet"), "nearest centroid")]
+        candidates = [("pixels", pixels, make_method("protonet"), "nearest centroid")]
         for backbone_name in backbones:
             proto = models[f"{backbone_name}-protonet"]
             candidates += [
@@ -104,11 +106,11 @@ def run_benchmark(
                 for name, m in models.items()
                 if m.backbone.name == backbone_name
             ]
-        cache: dict[int, Tensor] = {}
         for backbone_name, backbone, method, name in candidates:
-            if id(backbone) not in cache:
-                cache[id(backbone)] = embed_pool(backbone, images)
-            pool = cache[id(backbone)]
+            key = (setting.dataset, id(backbone))
+            if key not in cache:
+                cache[key] = embed_pool(backbone, images)
+            pool = cache[key]
             result = run_episodes(method, pool, n_classes, n_per_class, setting.spec, episodes, episode_seed)
             row = {
                 "dataset": setting.dataset,

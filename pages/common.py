@@ -10,6 +10,7 @@ import streamlit as st
 from mssl_core.checkpoints import Model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.labeling import default_method, model_for
+from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
 from mssl_core.store import LabelingProject, data_dir, open_project
 
 
@@ -64,3 +65,13 @@ def require_project() -> LabelingProject:
     st.info("Choose or create a project first.")
     st.page_link("pages/upload.py", label="Go to Project & upload", icon=":material/upload:")
     st.stop()
+
+
+def current_predictions(project: LabelingProject) -> ProjectPrediction:
+    """Re-adapt to every decision so far (cached embeddings: only the method runs), or point
+    to the Pseudo-label page if the batch has never been pseudo-labeled."""
+    if not project.predictions():
+        st.info("Pseudo-label the batch first.")
+        st.page_link("pages/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
+        st.stop()
+    return pseudo_label_project(project, project_model(project), embedding_cache())

@@ -7,17 +7,11 @@ import plotly.express as px
 import streamlit as st
 
 from mssl_core.projection import project_2d
-from mssl_core.pseudo_label import pseudo_label_project
-from pages.common import embedding_cache, project_model, require_project
+from pages.common import current_predictions, require_project
 
 st.title("Explore")
 project = require_project()
-if not project.predictions():
-    st.info("Pseudo-label the batch first.")
-    st.page_link("pages/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
-    st.stop()
-
-result = pseudo_label_project(project, project_model(project), embedding_cache())
+result = current_predictions(project)
 prediction = result.prediction
 
 

@@ -4,21 +4,15 @@ says so, and the rest of the batch re-adapts to it at once."""
 
 import streamlit as st
 
-from mssl_core.pseudo_label import pseudo_label_project
 from mssl_core.review import review_order, threshold_summary
-from pages.common import embedding_cache, project_model, require_project
+from pages.common import current_predictions, require_project
 
 PAGE_SIZE = 12
 SESSION = "review"
 
 st.title("Review")
 project = require_project()
-if not project.predictions():
-    st.info("Nothing to review yet.")
-    st.page_link("pages/pseudo_label.py", label="Pseudo-label first", icon=":material/arrow_back:")
-    st.stop()
-
-result = pseudo_label_project(project, project_model(project), embedding_cache())
+result = current_predictions(project)
 prediction, decisions = result.prediction, result.decisions
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
 done = len(result.images) - len(pending)

@@ -72,3 +72,11 @@ def test_meta_trained_methods_are_differentiable():
 def test_unknown_method_is_named_in_the_error():
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         make_method("nope")
+
+
+def test_label_spreading_gives_unreached_points_a_uniform_distribution():
+    support = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    far = torch.tensor([[-1.0, 0.0]])  # after normalisation, no neighbour links it to a label
+    method = make_method("label-spreading", neighbours=1).fit(support, torch.tensor([0, 1]))
+    proba = method.predict_proba(far)
+    assert torch.isfinite(proba).all() and torch.allclose(proba.sum(1), torch.ones(1))

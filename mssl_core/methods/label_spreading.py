@@ -41,5 +41,7 @@ class LabelSpreadingBaseline:
         n_classes = int(self.support_labels.max()) + 1
         proba = np.zeros((len(x), n_classes))
         proba[:, model.classes_] = model.label_distributions_[-len(x) :]
-        proba = np.nan_to_num(proba, nan=1.0 / n_classes)
+        proba = np.nan_to_num(proba, nan=0.0)
+        # points the graph never reached (all zeros) get no preference: uniform
+        proba[proba.sum(1) == 0] = 1.0
         return torch.from_numpy(proba / proba.sum(1, keepdims=True)).float()

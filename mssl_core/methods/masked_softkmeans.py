@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mssl_core.methods.base import MetricMethod, class_means, register
-from mssl_core.methods.softkmeans import refine
+from mssl_core.methods.base import register
+from mssl_core.methods.softkmeans import SoftKMeans
 
 
 def distance_statistics(normalised: Tensor) -> Tensor:
@@ -27,7 +27,7 @@ def distance_statistics(normalised: Tensor) -> Tensor:
 
 
 @register
-class MaskedSoftKMeans(MetricMethod):
+class MaskedSoftKMeans(SoftKMeans):
     """Soft k-means whose unlabeled assignments pass through a meta-learned soft mask."""
 
     name = "masked-softkmeans"
@@ -35,7 +35,7 @@ class MaskedSoftKMeans(MetricMethod):
     uses_unlabeled = True
 
     def __init__(self, hidden: int = 20):
-        super().__init__()
+        super().__init__(steps=1)
         self.mask_mlp = nn.Sequential(nn.Linear(5, hidden), nn.Tanh(), nn.Linear(hidden, 2))
         # Start near "keep the images closer than average", a sensible untrained mask.
         nn.init.zeros_(self.mask_mlp[2].weight)
@@ -48,9 +48,3 @@ class MaskedSoftKMeans(MetricMethod):
             return torch.ones_like(distances)
         beta, gamma = self.mask_mlp(distance_statistics(normalised)).unbind(1)
         return torch.sigmoid(-nn.functional.softplus(gamma) * 5 * (normalised - beta))
-
-    def compute_prototypes(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> Tensor:
-        prototypes = class_means(support, support_labels)
-        if unlabeled is None or len(unlabeled) == 0:
-            return prototypes
-        return refine(prototypes, support, support_labels, unlabeled, mask=self.mask)

@@ -18,8 +18,9 @@ def refine(prototypes: Tensor, support: Tensor, support_labels: Tensor, unlabele
     one_hot = nn.functional.one_hot(support_labels, len(prototypes)).to(support)
     distances = torch.cdist(unlabeled, prototypes).pow(2)
     assignment = torch.softmax(-distances, dim=1)
-    if mask is not None:
-        assignment = assignment * mask(distances)
+    weights = mask(distances) if mask is not None else None
+    if weights is not None:
+        assignment = assignment * weights
     weighted_sum = one_hot.T @ support + assignment.T @ unlabeled
     weight = one_hot.sum(0) + assignment.sum(0)
     return weighted_sum / weight.unsqueeze(1)
@@ -42,5 +43,9 @@ class SoftKMeans(MetricMethod):
         if unlabeled is None or len(unlabeled) == 0:
             return prototypes
         for _ in range(self.steps):
-            prototypes = refine(prototypes, support, support_labels, unlabeled)
+            prototypes = refine(prototypes, support, support_labels, unlabeled, self.mask)
         return prototypes
+
+    def mask(self, distances: Tensor) -> Tensor | None:
+        """Weights for the soft assignments; none here (the masked variant learns them)."""
+        return None

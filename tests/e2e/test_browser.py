@@ -123,6 +123,13 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         with page.expect_download() as download:
             page.get_by_role("button", name="Download CSV").click()
         rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+
+        page.get_by_role("link", name="Explore").click()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible()
+        page.screenshot(path=shots / "4-explore.png", full_page=True)
+        page.get_by_role("link", name="Model").click()
+        expect(page.get_by_text("Recommended method")).to_be_visible()
+        page.screenshot(path=shots / "6-model.png", full_page=True)
         browser.close()
 
     assert len(rows) == 25 + 1 + accepted
