@@ -30,7 +30,7 @@ with st.container(border=True):
     )
     expected = f", expected precision {precision:.1%} ({source})" if count else ""
     st.write(f"Accepts **{count}** images{expected}.")
-    if st.button(f"Accept {count} images", disabled=count == 0):
+    if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
         for index in pending:
             if prediction.confidence[index] >= threshold:
                 project.decide(result.images[index].id, "accept", prediction.labels[index], session=SESSION)
@@ -40,12 +40,47 @@ with st.container(border=True):
 order = review_order(
     prediction.probabilities[pending], prediction.embeddings[pending], result.support_embeddings
 )
-queue = [pending[i] for i in order[:PAGE_SIZE]]
+queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
+
+
+def decide(image, action: str, label: str | None = None) -> None:
+    """Commit the decision, then confirm it and re-adapt the batch."""
+    project.decide(image.id, action, label, session=SESSION)
+    st.toast(f"Saved: {image.name} → {label or action}")
+    st.rerun()
+
+
+trail = project.audit_trail()
+if trail and st.button(f"Undo last decision ({trail[-1]['image']}: {trail[-1]['action']})", shortcut="Z"):
+    project.decide(trail[-1]["image_id"], "undo", session=SESSION)
+    st.rerun()
+
 if not queue:
     st.success("Every image has been reviewed.")
     st.page_link("pages/export.py", label="Export the labels", icon=":material/arrow_forward:")
+    st.stop()
+
+# The image that most needs a person, with keyboard shortcuts: A accept, 1-9 class, S skip.
+focus = result.images[queue[0]]
+focus_label, focus_confidence = prediction.labels[queue[0]], prediction.confidence[queue[0]]
+with st.container(border=True):
+    picture, actions = st.columns([1, 3])
+    picture.image(str(focus.path), width=180)
+    with actions:
+        st.write(f"**Next: {focus.name}** — model says **{focus_label}** ({focus_confidence:.0%})")
+        st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
+        if st.button(f"Accept '{focus_label}'", type="primary", shortcut="A", key="focus-accept"):
+            decide(focus, "accept", focus_label)
+        class_buttons = st.columns(min(len(prediction.classes), 9))
+        for number, (column, name) in enumerate(zip(class_buttons, prediction.classes, strict=False), 1):
+            if column.button(f"{number} · {name}", shortcut=str(number), key=f"focus-class-{name}"):
+                decide(focus, "accept" if name == focus_label else "correct", name)
+        if st.button("Skip", shortcut="S", key="focus-skip"):
+            decide(focus, "skip")
+
+st.write("**Also uncertain**")
 columns = st.columns(4)
-for slot, index in enumerate(queue):
+for slot, index in enumerate(queue[1:]):
     image = result.images[index]
     label, confidence = prediction.labels[index], prediction.confidence[index]
     with columns[slot % 4].container(border=True):
@@ -61,15 +96,6 @@ for slot, index in enumerate(queue):
         )
         accept, skip = st.columns(2)
         if accept.button("Accept" if chosen == label else "Correct", key=f"ok-{image.id}"):
-            action = "accept" if chosen == label else "correct"
-            project.decide(image.id, action, chosen, session=SESSION)
-            st.toast(f"Saved: {image.name} → {chosen}")
-            st.rerun()
+            decide(image, "accept" if chosen == label else "correct", chosen)
         if skip.button("Skip", key=f"skip-{image.id}"):
-            project.decide(image.id, "skip", session=SESSION)
-            st.rerun()
-
-trail = project.audit_trail()
-if trail and st.button(f"Undo last decision ({trail[-1]['image']}: {trail[-1]['action']})"):
-    project.decide(trail[-1]["image_id"], "undo", session=SESSION)
-    st.rerun()
+            decide(image, "skip")

@@ -103,22 +103,27 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         expect(page.get_by_text("0 of 300 reviewed")).to_be_visible()
         _wait_for_images(page)
         page.screenshot(path=shots / "3-review.png", full_page=True)
-        # correct the first card: choose another class than the predicted one
-        first_card_select = page.get_by_test_id("stSelectbox").first
-        first_card_select.click()
-        options = page.get_by_role("option")
-        current = first_card_select.inner_text().strip()
-        options.filter(has_not_text=current).first.click()
-        page.get_by_role("button", name="Correct").first.click()
+        # correct the image shown first: pick a class other than the predicted one
+        accept_text = page.get_by_role("button", name="Accept '").inner_text()
+        predicted = accept_text.split("'")[1]
+        class_buttons = page.get_by_role("button", name=" · ")
+        class_buttons.filter(has_not_text=f"· {predicted}").first.click()
         expect(page.get_by_text("1 of 300 reviewed")).to_be_visible()
+        # keyboard: "A" accepts the image the page puts first
+        page.get_by_role("heading", name="Review").click()  # focus the page, not a widget
+        page.keyboard.press("a")
+        expect(page.get_by_text("2 of 300 reviewed")).to_be_visible()
+        # a browser refresh resumes the same project at the same place
+        page.reload()
+        expect(page.get_by_text("2 of 300 reviewed")).to_be_visible()
 
         bulk = page.get_by_role("button", name="Accept ").filter(has_text="images")
         accepted = int(bulk.inner_text().split()[1])
         bulk.click()
-        expect(page.get_by_text(f"{1 + accepted} of 300 reviewed")).to_be_visible()
+        expect(page.get_by_text(f"{2 + accepted} of 300 reviewed")).to_be_visible()
 
         page.get_by_role("link", name="Export").click()
-        expect(page.get_by_text(f"{25 + 1 + accepted} images")).to_be_visible()
+        expect(page.get_by_text(f"{25 + 2 + accepted} images")).to_be_visible()
         page.screenshot(path=shots / "5-export.png", full_page=True)
         with page.expect_download() as download:
             page.get_by_role("button", name="Download CSV").click()
@@ -132,8 +137,8 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         page.screenshot(path=shots / "6-model.png", full_page=True)
         browser.close()
 
-    assert len(rows) == 25 + 1 + accepted
+    assert len(rows) == 25 + 2 + accepted
     statuses = [r["status"] for r in rows]
     assert statuses.count("labeled") == 25 and statuses.count("corrected") == 1
-    assert statuses.count("accepted") == accepted
+    assert statuses.count("accepted") == 1 + accepted
     assert all(r["label"] for r in rows) and set(rows[0]) == {"file", "label", "confidence", "status"}
