@@ -10,7 +10,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mssl_core.calibration import expected_calibration_error, reliability
+from mssl_core.calibration import (
+    expected_calibration_error,
+    leave_one_out_temperature,
+    reliability,
+)
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
 
 
@@ -22,6 +26,13 @@ class EpisodeResults:
     confidence: np.ndarray
     correct: np.ndarray
     seconds_per_episode: float
+    task_calibrated_confidence: np.ndarray | None = None  # temperature fitted on each support set
+
+    @property
+    def task_calibrated_ece(self) -> float | None:
+        if self.task_calibrated_confidence is None:
+            return None
+        return expected_calibration_error(self.task_calibrated_confidence, self.correct)
 
     @property
     def mean(self) -> float:
@@ -62,21 +73,30 @@ def run_episodes(
 ) -> EpisodeResults:
     """Fit `method` on each episode and score its queries. Same seed, same episodes."""
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
-    accuracies, confidences, correct = [], [], []
-    started = time.perf_counter()
+    accuracies, confidences, correct, task_calibrated = [], [], [], []
+    seconds = 0.0
     for _ in range(episodes):
         episode = sampler.sample()
         support, support_labels, unlabeled, query = episode_tensors(pool, episode)
-        method.fit(support, support_labels, unlabeled if use_unlabeled else None)
+        task_unlabeled = unlabeled if use_unlabeled else None
+        # What the app does with 2+ shots: refit the temperature on the support set itself.
+        temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+        started = time.perf_counter()
+        method.fit(support, support_labels, task_unlabeled)
         proba = method.predict_proba(query)
+        seconds += time.perf_counter() - started
         confidence, predicted = proba.max(1)
         hit = predicted.numpy() == episode.query_labels
         accuracies.append(hit.mean())
         confidences.append(confidence.numpy())
         correct.append(hit)
+        if temperature is not None:
+            recalibrated = torch.softmax(method.logits(query) / temperature, dim=1)
+            task_calibrated.append(recalibrated.max(1).values.numpy())
     return EpisodeResults(
         np.asarray(accuracies),
         np.concatenate(confidences),
         np.concatenate(correct),
-        (time.perf_counter() - started) / episodes,
+        seconds / episodes,
+        np.concatenate(task_calibrated) if task_calibrated else None,
     )

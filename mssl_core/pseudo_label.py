@@ -27,6 +27,7 @@ class ProjectPrediction:
     prediction: Prediction
     support_embeddings: np.ndarray
     decisions: dict[int, tuple[str, str | None]]
+    disagreement: np.ndarray  # semi-supervised label differs from the nearest class mean's
 
     def status(self, image: StoredImage) -> str:
         action = self.decisions.get(image.id, ("", None))[0]
@@ -79,7 +80,15 @@ def pseudo_label_project(
         ],
         model.name,
     )
-    return ProjectPrediction(unlabeled, prediction, support_embeddings, decisions)
+    supervised = nearest_class_mean(support_embeddings, labels.numpy(), prediction.embeddings)
+    disagreement = supervised != prediction.probabilities.argmax(1)
+    return ProjectPrediction(unlabeled, prediction, support_embeddings, decisions, disagreement)
+
+
+def nearest_class_mean(support: np.ndarray, labels: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the closest class mean for each row of x (the labeled images alone decide)."""
+    means = np.stack([support[labels == c].mean(0) for c in range(labels.max() + 1)])
+    return ((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
 
 
 def export_rows(project: LabelingProject, include_pseudo_labels: bool) -> list[ExportRow]:

