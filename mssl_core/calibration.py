@@ -7,20 +7,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwise drive T to 0
+
 
 def fit_temperature(logits: Tensor, labels: Tensor) -> float:
     """The temperature T minimising the negative log-likelihood of softmax(logits / T)."""
-    log_t = torch.zeros((), requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+    free = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([free], lr=0.1, max_iter=200)
+
+    def temperature() -> Tensor:
+        return (MAX_LOG_TEMPERATURE * torch.tanh(free / MAX_LOG_TEMPERATURE)).exp()
 
     def closure():
         optimiser.zero_grad()
-        loss = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        loss = torch.nn.functional.cross_entropy(logits / temperature(), labels)
         loss.backward()
         return loss
 
     optimiser.step(closure)
-    return float(log_t.detach().exp())
+    return float(temperature().detach())
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> list[dict]:

@@ -1,5 +1,6 @@
-"""Step 4 — Explore: a 2-D map of the images; select a group with the lasso or box to give
-it a class in one go. Confidence histogram and counts per class beside it."""
+"""Step 4 — Explore: a 2-D map of the images; hover names an image, a click shows it, and a
+lasso or box selection shows a group and gives it a class in one go. Confidence histogram and
+counts per class beside it."""
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ figure.update_layout(dragmode="lasso", height=560)
 left, right = st.columns([3, 1])
 with left:
     event = st.plotly_chart(
-        figure, on_select="rerun", selection_mode=("lasso", "box"), key="map", width="stretch"
+        figure, on_select="rerun", selection_mode=("points", "lasso", "box"), key="map", width="stretch"
     )
 with right:
     st.plotly_chart(
@@ -66,7 +67,10 @@ selected = [int(p["customdata"][0]) for p in event.selection.points] if event el
 if selected:
     st.write(f"**{len(selected)} images selected**")
     by_id = {i.id: i for i in result.images}
-    st.image([str(by_id[i].path) for i in selected[:24]], width=56)
+    width = 160 if len(selected) == 1 else 56  # one clicked point: show it large
+    st.image(
+        [str(by_id[i].path) for i in selected[:48]], caption=[by_id[i].name for i in selected[:48]], width=width
+    )
     label = st.selectbox("Give them the class", prediction.classes)
     if st.button(f"Assign '{label}' to {len(selected)} images", type="primary"):
         predicted = dict(zip(frame["id"], prediction.labels, strict=True))

@@ -58,7 +58,7 @@ if held_out:
             "data": [r["dataset"] for r in held_out],
             "task": [r["setting"] for r in held_out],
             "model": [r["method"] for r in held_out],
-            "accuracy": [f"{r['accuracy']:.1%} ± {r['ci95']:.1%}" for r in held_out],
+            "accuracy": [f"{r['accuracy']:.2%} ± {r['ci95']:.2%}" for r in held_out],
             "calibration error": [f"{r['ece']:.3f}" for r in held_out],
             "tasks": [r["episodes"] for r in held_out],
         }

@@ -30,3 +30,10 @@ def test_leave_one_out_temperature_tempers_an_overconfident_task():
     method = make_method("protonet")
     assert leave_one_out_temperature(method, support, labels, None) > 5
     assert leave_one_out_temperature(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None
+
+
+def test_fit_temperature_stays_finite_on_perfectly_separable_logits():
+    logits = torch.tensor([[10.0, -10.0], [-10.0, 10.0]] * 10)
+    labels = torch.tensor([0, 1] * 10)
+    temperature = fit_temperature(logits, labels)
+    assert np.isfinite(temperature) and temperature > 0
