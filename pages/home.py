@@ -1,4 +1,4 @@
-"""Home: what the app does and how to use it today."""
+"""Home: what the app does and the steps to follow."""
 
 import streamlit as st
 
@@ -6,19 +6,23 @@ st.title("MSSL Label Assist")
 st.markdown(
     """
 Give a handful of labeled images and a large unlabeled batch; get the batch back
-pseudo-labeled, with a confidence you can trust.
+pseudo-labeled, with a confidence you can trust, and correct it quickly.
 
-Under the hood, a model **meta-trained** to learn from a few examples adapts to your classes,
-and uses your **unlabeled** images too (soft k-means refinement of the class prototypes).
+Under the hood, a model **meta-trained** to learn from a few examples adapts to your classes
+and also learns from your **unlabeled** images (soft k-means refinement of the class centres).
 
-The browser labeling flow (upload → pseudo-label → review → export) is being built. Today the
-same engine runs from the command line:
+**The steps** (left menu):
+1. **Project & upload** — create a project, add a few labeled examples per class and the
+   unlabeled batch. No files at hand? Press *Load demo data*.
+2. **Pseudo-label** — one button; a few seconds for a few hundred images.
+3. **Review** — the uncertain images first; accept, correct or skip (keyboard: A, 1–9, S, Z),
+   or accept everything above a confidence threshold.
+4. **Explore** — a map of all images; select a group to label it at once.
+5. **Export** — CSV, Label Studio, or folders per class.
+6. **Model** — what the model is and how well it does on classes it never saw.
 
-```
-python -m mssl_core label --support SUPPORT_DIR --unlabeled UNLABELED_DIR --out predictions.csv
-```
-
-`SUPPORT_DIR` holds one sub-folder of example images per class. See the **Model** page for what
-the model is and how well it does on classes it never saw.
+Everything stays on this machine: images, labels and decisions are saved in the project's
+database as you go, so you can close the browser and come back.
 """
 )
+st.page_link("pages/upload.py", label="Start: Project & upload", icon=":material/arrow_forward:")
