@@ -72,3 +72,13 @@ def demo_truth() -> dict[str, str]:
     """True labels of the demo's unlabeled batch (for measuring, never for predicting)."""
     lines = (DEMO_DIR / "unlabeled_truth.csv").read_text().splitlines()[1:]
     return dict(line.split(",", 1) for line in lines)
+
+
+def demo_accuracy(names: list[str], labels: list[str]) -> tuple[int, float] | None:
+    """(how many, fraction right) of the predictions whose image is a demo image with a known
+    true label; None if there are none (a real project)."""
+    truth = demo_truth()
+    known = [(truth[n], label) for n, label in zip(names, labels, strict=True) if n in truth]
+    if not known:
+        return None
+    return len(known), sum(true == label for true, label in known) / len(known)

@@ -7,6 +7,7 @@ import torch
 
 from mssl_core.checkpoints import available_models
 from mssl_core.images import decode_image
+from mssl_core.ingest import demo_accuracy
 from mssl_core.labeling import choose_backbone, default_method
 from mssl_core.methods import METHODS
 from mssl_core.pseudo_label import pseudo_label_project, support_set
@@ -64,6 +65,12 @@ if st.button("Pseudo-label", type="primary"):
     seconds = time.perf_counter() - started
     counts = {c: result.prediction.labels.count(c) for c in result.prediction.classes}
     st.success(f"Pseudo-labeled {len(result.images)} images in {seconds:.1f} s with {method}.")
+    measured = demo_accuracy([i.name for i in result.images], result.prediction.labels)
+    if measured:
+        st.write(
+            f"Demo images come with their true labels: **{measured[1]:.0%}** of these "
+            f"{measured[0]} pseudo-labels are right (measured, not estimated)."
+        )
     if result.prediction.task_temperature:
         st.caption("Confidence was calibrated on your own labeled examples (leave-one-out).")
     confident = (result.prediction.confidence >= 0.9).sum()

@@ -37,6 +37,8 @@ def test_demo_pseudo_label_review_and_export(app):
     assert not app.exception
     assert "Pseudo-labeled 300 images" in app.success[0].value
     assert len(project.predictions()) == 300
+    measured = next(m.value for m in app.markdown if "Demo images come with" in m.value)
+    assert int(measured.split("**")[1].rstrip("%")) > 50  # five classes: chance is 20%
 
     app.switch_page("pages/review.py").run()
     assert not app.exception
