@@ -17,8 +17,10 @@ st.title("Pseudo-label")
 project = require_project()
 
 shipped = {name.split("-", 1)[1] for name in available_models()}
-choices = [m for m in METHODS if m in shipped or not getattr(METHODS[m], "meta_trained", True)]
 best = default_method()
+choices = [m for m in METHODS if m in shipped or not getattr(METHODS[m], "meta_trained", True)]
+# The recommended method first, then the other meta-trained ones, baselines last.
+choices.sort(key=lambda m: (m != best, not getattr(METHODS[m], "meta_trained", True), m))
 saved = project.setting("method") or best
 method = st.radio(
     "How should the model use your images?",
