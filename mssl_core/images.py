@@ -145,11 +145,11 @@ def expand_uploads(
             continue
         for member in members:
             parts = Path(member.filename).parts
-            if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-                continue
             shown = f"{name}/{member.filename}"
             if member.filename.startswith(("/", "\\")) or ".." in parts:
                 problems.append((shown, "unsafe path inside the archive (absolute or '..'); skipped"))
+            elif any(p.startswith(".") or p == "__MACOSX" for p in parts):
+                continue  # hidden files and macOS resource forks are not images
             elif member.file_size > ARCHIVE_LIMITS["ratio"] * max(member.compress_size, 1):
                 problems.append((shown, "suspicious compression ratio (possible zip bomb); skipped"))
             elif member.filename.lower().endswith(".zip"):
