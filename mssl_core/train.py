@@ -80,7 +80,7 @@ def embedding_pools(backbone: Backbone, split: str, cfg: TrainConfig) -> tuple[T
     return _flat_pool(corpus.images, backbone), n_classes, n_per_class
 
 
-def embed_pool(backbone: Backbone, pool: Tensor) -> Tensor:
+def _embed_episode_pool(backbone: Backbone, pool: Tensor) -> Tensor:
     """Embeddings of a whole pool in evaluation mode."""
     if isinstance(backbone, MobileNetV2Backbone):
         with torch.no_grad():
@@ -162,7 +162,7 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
 def calibrate(backbone: Backbone, method, cfg: TrainConfig, episodes: int = 150) -> tuple[float, dict]:
     """Fit the temperature on meta-validation classes (never test classes); report val accuracy."""
     pool, n_classes, n_per_class = embedding_pools(backbone, "val", cfg)
-    embedded = embed_pool(backbone, pool)
+    embedded = _embed_episode_pool(backbone, pool)
     logits, labels = [], []
     validation = {}
     for shots in (1, 5):
