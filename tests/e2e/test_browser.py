@@ -36,16 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "MSSL_DATA_DIR": str(tmp_path / "data")}
+def _start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MSSL_DATA_DIR": str(data_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -53,7 +50,14 @@ def server(tmp_path):
                 break
         except OSError:
             time.sleep(0.2)  # polling the port, not waiting on the page
-    yield url
+    return process
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    process = _start_server(tmp_path / "data", port)
+    yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=20)
 
@@ -122,7 +126,7 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         expect(page.get_by_text("1 of 300 reviewed")).to_be_visible()
         # keyboard: "A" accepts the image the page puts first
         _wait_until_idle(page)
-        expect(page.get_by_role("button", name="Skip").first).to_be_enabled()
+        expect(page.get_by_role("button", name="Skip", exact=True).first).to_be_enabled()
         page.get_by_role("heading", name="Review").click()  # focus the page, not a widget
         page.keyboard.press("a")
         expect(page.get_by_text("2 of 300 reviewed")).to_be_visible()
@@ -155,3 +159,47 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
     assert statuses.count("labeled") == 25 and statuses.count("corrected") == 1
     assert statuses.count("accepted") == 1 + accepted
     assert all(r["label"] for r in rows) and set(rows[0]) == {"file", "label", "confidence", "status"}
+
+
+def test_review_resumes_after_the_server_is_killed(tmp_path, monkeypatch):
+    """Decisions live in the project database, not in the server: SIGKILL loses nothing."""
+    from mssl_core import store
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.ingest import load_demo
+    from mssl_core.labeling import model_for
+    from mssl_core.pseudo_label import pseudo_label_project
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("MSSL_DATA_DIR", str(data))
+    project = store.open_project("restart")
+    load_demo(project)
+    model = model_for("softkmeans", "conv4")
+    project.set_setting("method", "softkmeans")
+    project.set_setting("backbone", "conv4")
+    result = pseudo_label_project(project, model, EmbeddingCache(data / "embeddings.sqlite"))
+    for image in result.images[:3]:
+        project.decide(image.id, "skip", session="setup")
+
+    port = _free_port()
+    first = _start_server(data, port)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        expect = playwright.expect
+        expect.set_options(timeout=120_000)
+        page.goto(f"http://127.0.0.1:{port}/review?project=restart")
+        expect(page.get_by_text("3 of 300 reviewed")).to_be_visible()
+        _wait_until_idle(page)
+        page.get_by_role("button", name="Skip", exact=True).first.click()
+        expect(page.get_by_text("4 of 300 reviewed")).to_be_visible()
+        first.kill()  # SIGKILL: no shutdown hooks run
+        first.wait(timeout=20)
+        second = _start_server(data, port)
+        try:
+            page.goto(f"http://127.0.0.1:{port}/review?project=restart")
+            expect(page.get_by_text("4 of 300 reviewed")).to_be_visible()
+        finally:
+            browser.close()
+            second.terminate()
+            second.wait(timeout=20)
+    assert len(store.open_project("restart", create=False).current_decisions()) == 4
