@@ -161,7 +161,7 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
     assert all(r["label"] for r in rows) and set(rows[0]) == {"file", "label", "confidence", "status"}
 
 
-def test_review_resumes_after_the_server_is_killed(tmp_path, monkeypatch):
+def test_review_is_shared_across_sessions_and_survives_a_killed_server(tmp_path, monkeypatch):
     """Decisions live in the project database, not in the server: SIGKILL loses nothing."""
     from mssl_core import store
     from mssl_core.embedding_cache import EmbeddingCache
@@ -192,6 +192,10 @@ def test_review_resumes_after_the_server_is_killed(tmp_path, monkeypatch):
         _wait_until_idle(page)
         page.get_by_role("button", name="Skip", exact=True).first.click()
         expect(page.get_by_text("4 of 300 reviewed")).to_be_visible()
+        # a second browser session on the same project sees the same decisions
+        other = browser.new_context().new_page()
+        other.goto(f"http://127.0.0.1:{port}/review?project=restart")
+        expect(other.get_by_text("4 of 300 reviewed")).to_be_visible()
         first.kill()  # SIGKILL: no shutdown hooks run
         first.wait(timeout=20)
         second = _start_server(data, port)
