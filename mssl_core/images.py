@@ -163,7 +163,10 @@ def expand_uploads(
 def read_label_csv(content: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """A `file,label` CSV (header optional; `,` or `;`; BOM tolerated) -> {file name: label}."""
     text = content.decode("utf-8-sig", errors="replace")
-    dialect = csv.Sniffer().sniff(text[:2048], delimiters=",;") if text.strip() else csv.excel
+    try:
+        dialect = csv.Sniffer().sniff(text[:2048], delimiters=",;")
+    except csv.Error:  # one column, empty, or ambiguous: read it as plain comma-separated
+        dialect = csv.excel
     labels: dict[str, str] = {}
     problems: list[tuple[str, str]] = []
     for number, row in enumerate(csv.reader(io.StringIO(text), dialect), start=1):

@@ -104,23 +104,30 @@ def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: 
 
 
 def adapt(
-    model: Model, classes: list[str], support: Tensor, support_labels: Tensor, unlabeled: Tensor
+    model: Model,
+    classes: list[str],
+    support: Tensor,
+    support_labels: Tensor,
+    unlabeled: Tensor,
+    predict_for: Tensor | None = None,
 ) -> Prediction:
-    """Fit the method to the task (support + unlabeled) and predict every unlabeled image.
+    """Fit the method to the task (support + unlabeled) and predict `predict_for` (default:
+    the unlabeled images themselves).
 
     Where every class has two or more labeled images, confidence is recalibrated on them by
     leave-one-out (see calibration.py); otherwise the temperature fitted on validation
     characters is used."""
     task_unlabeled = unlabeled if len(unlabeled) else None
+    targets = unlabeled if predict_for is None else predict_for
     method = model.method
     temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
         if temperature is None:
-            probabilities = method.predict_proba(unlabeled)
+            probabilities = method.predict_proba(targets)
         else:
-            probabilities = torch.softmax(method.logits(unlabeled) / temperature, dim=1)
-    return Prediction(classes, probabilities.numpy(), unlabeled.numpy(), temperature)
+            probabilities = torch.softmax(method.logits(targets) / temperature, dim=1)
+    return Prediction(classes, probabilities.numpy(), targets.numpy(), temperature)
 
 
 def _leave_one_out_accuracy(embeddings: Tensor, labels: Tensor) -> float | None:

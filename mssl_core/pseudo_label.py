@@ -16,6 +16,7 @@ from mssl_core.embedding_cache import EmbeddingCache, embed_cached
 from mssl_core.export import ExportRow
 from mssl_core.images import decode_image
 from mssl_core.labeling import Prediction, adapt
+from mssl_core.methods import make_method
 from mssl_core.store import LabelingProject, StoredImage
 
 
@@ -34,9 +35,10 @@ class ProjectPrediction:
         return {"accept": "accepted", "correct": "corrected", "skip": "skipped"}.get(action, "pseudo-labeled")
 
 
-def support_set(project: LabelingProject) -> list[tuple[StoredImage, str]]:
+def support_set(
+    project: LabelingProject, decisions: dict[int, tuple[str, str | None]]
+) -> list[tuple[StoredImage, str]]:
     """Labeled images and unlabeled images a person accepted or corrected, with their labels."""
-    decisions = project.current_decisions()
     support = [(image, image.label) for image in project.images("labeled") if image.label]
     for image in project.images("unlabeled"):
         action, label = decisions.get(image.id, ("", None))
@@ -51,8 +53,12 @@ def pseudo_label_project(
     cache: EmbeddingCache,
     progress: Callable[[float], None] | None = None,
 ) -> ProjectPrediction:
-    """Embed (cached), adapt to the current support set, predict, and store the predictions."""
-    support = support_set(project)
+    """Embed (cached), adapt to the current support set, predict, and store the predictions.
+
+    Images a person labeled count once, as support; only the undecided ones (and skipped
+    ones) are the unlabeled batch the method adapts with. Every unlabeled image is predicted."""
+    decisions = project.current_decisions()
+    support = support_set(project, decisions)
     classes = sorted({label for _, label in support})
     if len(classes) < 2:
         raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
@@ -63,15 +69,13 @@ def pseudo_label_project(
     embeddings = embed_cached(
         model.backbone, model.backbone_key, hashes, lambda h: decode_image(by_hash[h]), cache, progress
     )
-    support_embeddings = embeddings[: len(support)]
+    support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
+    unlabeled_embeddings = torch.from_numpy(embeddings[len(support) :].copy())
     labels = torch.tensor([classes.index(label) for _, label in support])
-    decisions = project.current_decisions()
+    labeled_ids = {image.id for image, _ in support}
+    undecided = torch.tensor([image.id not in labeled_ids for image in unlabeled], dtype=torch.bool)
     prediction = adapt(
-        model,
-        classes,
-        torch.from_numpy(support_embeddings),
-        labels,
-        torch.from_numpy(embeddings[len(support) :].copy()),
+        model, classes, support_embeddings, labels, unlabeled_embeddings[undecided], unlabeled_embeddings
     )
     project.save_predictions(
         [
@@ -80,15 +84,10 @@ def pseudo_label_project(
         ],
         model.name,
     )
-    supervised = nearest_class_mean(support_embeddings, labels.numpy(), prediction.embeddings)
-    disagreement = supervised != prediction.probabilities.argmax(1)
-    return ProjectPrediction(unlabeled, prediction, support_embeddings, decisions, disagreement)
-
-
-def nearest_class_mean(support: np.ndarray, labels: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Index of the closest class mean for each row of x (the labeled images alone decide)."""
-    means = np.stack([support[labels == c].mean(0) for c in range(labels.max() + 1)])
-    return ((x[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    # Where the plain prototypical answer (labeled images alone) differs: worth a human look.
+    supervised = make_method("protonet").fit(support_embeddings, labels).predict_proba(unlabeled_embeddings)
+    disagreement = supervised.argmax(1).numpy() != prediction.probabilities.argmax(1)
+    return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, disagreement)
 
 
 def export_rows(project: LabelingProject, include_pseudo_labels: bool) -> list[ExportRow]:

@@ -40,7 +40,7 @@ backbone_choice = st.selectbox(
     }.get,
 )
 
-support = support_set(project)
+support = support_set(project, project.current_decisions())
 classes = sorted({label for _, label in support})
 if len(classes) < 2 or not project.images("unlabeled"):
     st.warning("Add labeled examples of at least two classes and some unlabeled images first.")

@@ -85,3 +85,27 @@ def test_model_page_shows_cards():
     app.switch_page("pages/model.py").run()
     assert not app.exception
     assert "Recommended method" in app.info[0].value
+
+
+def test_decided_images_count_once_as_support_not_again_as_unlabeled(tmp_path, monkeypatch):
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.ingest import load_demo
+    from mssl_core.labeling import model_for
+    from mssl_core.pseudo_label import pseudo_label_project
+
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path))
+    project = store.open_project("once")
+    load_demo(project)
+    model = model_for("softkmeans", "conv4")
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    fitted = []
+    original_fit = model.method.fit
+    monkeypatch.setattr(
+        model.method, "fit", lambda s, y, u=None: fitted.append((len(s), len(u))) or original_fit(s, y, u)
+    )
+    first = pseudo_label_project(project, model, cache)
+    project.decide(first.images[0].id, "correct", "bag")
+    fitted.clear()
+    second = pseudo_label_project(project, model, cache)
+    assert fitted[-1] == (26, 299)  # the corrected image moved from the unlabeled batch to support
+    assert len(second.prediction.labels) == 300  # yet every unlabeled image is still predicted

@@ -47,6 +47,8 @@ def test_label_csv_with_bom_semicolons_and_blank_labels():
     labels, problems = read_label_csv(content)
     assert labels == {"a.png": "cat", "b.png": "dog"}
     assert problems == [("labels CSV line 4", "no label given")]
+    assert read_label_csv(b"only-a-name.png\n") == ({}, [("labels CSV line 1", "no label given")])
+    assert read_label_csv(b"") == ({}, [])
 
 
 @pytest.fixture
