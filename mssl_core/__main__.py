@@ -13,6 +13,7 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
 def _train(args: argparse.Namespace) -> int:
     import torch
 
+    from mssl_core.labeling import record_default_in_cards
     from mssl_core.train import SHIPPED, TrainConfig, train_and_save
 
     torch.set_num_threads(args.threads)
@@ -25,13 +26,14 @@ def _train(args: argparse.Namespace) -> int:
             cfg.episodes = args.episodes
         cfg.seed = args.seed
         train_and_save(cfg, folder=Path(args.out))
+    record_default_in_cards(Path(args.out))  # the default method may have changed
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from mssl_core.evaluate import format_table, run_benchmark
 
-    rows = run_benchmark(episodes=args.episodes, seed=args.seed, quick=args.quick, log=_stderr)
+    rows = run_benchmark(episodes=args.episodes, seed=args.seed, quick=args.quick, log=_stderr, jobs=args.jobs)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -41,7 +43,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _label(args: argparse.Namespace) -> int:
     from mssl_core.labeling import label_folders, write_predictions_csv
+    from mssl_core.ssl import SSLOptions
 
+    ssl = SSLOptions(
+        pseudo_label_rounds=args.pseudo_label_rounds,
+        pseudo_label_threshold=args.pseudo_label_threshold,
+        entropy_weight=args.entropy_weight,
+        consistency_weight=args.consistency_weight,
+    )
     result = label_folders(
         Path(args.support),
         Path(args.unlabeled),
@@ -49,6 +58,7 @@ def _label(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         folder=Path(args.models),
         log=_stderr,
+        ssl=ssl,
     )
     write_predictions_csv(result, Path(args.out))
     failed = sum(1 for row in result.rows if row.error)
@@ -64,6 +74,8 @@ def _stderr(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mssl_core.ssl import SSLOptions
+
     parser = argparse.ArgumentParser(prog="python -m mssl_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -74,6 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--method", default=None, help="method name (default: the best measured)")
     label.add_argument("--backbone", default="auto", help="auto (default), conv4 or mobilenetv2")
     label.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
+    defaults = SSLOptions()
+    label.add_argument(
+        "--pseudo-label-rounds",
+        type=int,
+        default=defaults.pseudo_label_rounds,
+        help="self-training: rounds in which confident unlabeled images join the labeled set",
+    )
+    label.add_argument(
+        "--pseudo-label-threshold",
+        type=float,
+        default=defaults.pseudo_label_threshold,
+        help="confidence an unlabeled image needs to be used as a pseudo-label",
+    )
+    label.add_argument(
+        "--entropy-weight", type=float, default=defaults.entropy_weight, help="entropy minimisation weight"
+    )
+    label.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=defaults.consistency_weight,
+        help="consistency regularisation weight (two perturbed views must agree)",
+    )
     label.set_defaults(run=_label)
 
     train = commands.add_parser("train", help="meta-train a model into assets/models/")
@@ -91,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--quick", action="store_true", help="a few settings only, for a smoke test")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)")
     evaluate.set_defaults(run=_evaluate)
 
     args = parser.parse_args(argv)

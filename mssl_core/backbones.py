@@ -36,6 +36,7 @@ class Backbone(nn.Module):
     """Shared plumbing: the name, what a checkpoint stores, and image preprocessing."""
 
     name: str = ""
+    embedding_dim: int = 0
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         raise NotImplementedError
@@ -62,6 +63,7 @@ class PixelBackbone(Backbone):
 
     name = "pixels"
     image_size = 28
+    embedding_dim = 28 * 28
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         arrays = np.stack([to_square_gray(im, self.image_size) for im in images])
@@ -93,6 +95,7 @@ class Conv4(PixelBackbone):
             ]
             channels = width
         self.encoder = nn.Sequential(*blocks)
+        self.embedding_dim = width  # 28 px halved four times: 1 x 1 x width
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder(x).flatten(1)
@@ -118,6 +121,7 @@ class MobileNetV2Backbone(Backbone):
         network.load_state_dict(torch.load(weights, weights_only=True))
         self.features = network.features.eval().requires_grad_(False)
         self.image_size = image_size
+        self.embedding_dim = head_dim
         self.head = nn.Sequential(nn.Linear(self.feature_dim, head_dim))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))

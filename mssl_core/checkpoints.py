@@ -42,6 +42,7 @@ def save_model(model: Model, folder: Path = MODELS_DIR) -> Path:
             "backbone": model.backbone.name,
             "backbone_state": model.backbone.trainable_state(),
             "method": model.method.name,
+            "embedding_dim": model.backbone.embedding_dim,
             "method_state": model.method.state_dict(),
         },
         path,
@@ -62,7 +63,7 @@ def load_model(name_or_path: str | Path, folder: Path = MODELS_DIR) -> Model:
     stored = torch.load(path, weights_only=True)
     backbone = make_backbone(stored["backbone"])
     backbone.load_trainable_state(stored["backbone_state"])
-    method = make_method(stored["method"])
+    method = make_method(stored["method"], embedding_dim=stored.get("embedding_dim"))
     method.load_state_dict(stored["method_state"])
     card_path = path.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.exists() else {}

@@ -70,8 +70,11 @@ def run_episodes(
     episodes: int,
     seed: int,
     use_unlabeled: bool = True,
+    task_calibration: bool = True,
 ) -> EpisodeResults:
-    """Fit `method` on each episode and score its queries. Same seed, same episodes."""
+    """Fit `method` on each episode and score its queries. Same seed, same episodes.
+    `task_calibration`: also measure confidence recalibrated on each support set (costs one
+    refit per support image)."""
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
     accuracies, confidences, correct, task_calibrated = [], [], [], []
     seconds = 0.0
@@ -80,7 +83,11 @@ def run_episodes(
         support, support_labels, unlabeled, query = episode_tensors(pool, episode)
         task_unlabeled = unlabeled if use_unlabeled else None
         # What the app does with 2+ shots: refit the temperature on the support set itself.
-        temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+        temperature = (
+            leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+            if task_calibration
+            else None
+        )
         started = time.perf_counter()
         method.fit(support, support_labels, task_unlabeled)
         proba = method.predict_proba(query)

@@ -9,10 +9,13 @@ calibration error (ECE) of the reported confidence.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import Tensor
 
@@ -22,10 +25,9 @@ from mssl_core.data import characters
 from mssl_core.data.episodes import EpisodeSpec
 from mssl_core.data.real import as_class_pool, load_fashion_mnist, load_mnist
 from mssl_core.episodic import run_episodes
-from mssl_core.labeling import embed_images
+from mssl_core.labeling import embed_images, record_default_in_cards
 from mssl_core.methods import make_method
-
-SEMI_SUPERVISED = ("softkmeans", "masked-softkmeans")
+from mssl_core.ssl import SELF_TRAINING, with_ssl
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,112 @@ def embed_pool(backbone, images: np.ndarray) -> Tensor:
     return embed_images(backbone, [Image.fromarray(a) for a in flat])
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One row of a setting: a method on a backbone, with or without the unlabeled images."""
+
+    name: str
+    backbone_name: str
+    backbone: object
+    method: object
+    use_unlabeled: bool = True
+    train_s: float | None = None
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.use_unlabeled and getattr(self.method, "uses_unlabeled", False)
+
+
+def candidates(models: dict, dataset: str) -> list[Candidate]:
+    """The baselines, then every shipped model without and with its semi-supervised extension
+    (its own use of the unlabeled images; ssl.py's self-training for prototypical networks)."""
+    rows = [Candidate("nearest centroid", "pixels", PixelBackbone(), make_method("protonet"))]
+    backbones = sorted({m.backbone.name for m in models.values()})
+    if dataset == "characters":  # MobileNetV2 is for photos; Conv-4 was meta-trained on these
+        backbones = [b for b in backbones if b == "conv4"] or backbones
+    for backbone_name in backbones:
+        proto = models[f"{backbone_name}-protonet"].backbone
+        rows += [
+            Candidate("logistic regression", backbone_name, proto, make_method("logreg")),
+            Candidate("LabelSpreading", backbone_name, proto, make_method("label-spreading")),
+        ]
+        for name, model in models.items():
+            if model.backbone.name != backbone_name:
+                continue
+            train_s = model.card.get("wall_time_s")
+            # The row named exactly like the model is what the app and CLI run by default.
+            if model.method.uses_unlabeled:
+                labeled_only, semi = f"{name} (labeled only)", name
+                semi_method = model.method
+            else:
+                labeled_only, semi = name, f"{name} + self-training"
+                semi_method = with_ssl(model.method, SELF_TRAINING)
+            rows += [
+                Candidate(labeled_only, backbone_name, model.backbone, model.method, False, train_s),
+                Candidate(semi, backbone_name, model.backbone, semi_method, True, train_s),
+            ]
+    return rows
+
+
+def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODELS_DIR, log=print) -> list[dict]:
+    """Every candidate's row for one setting; the episode seed depends on the setting only."""
+    setting = settings(quick)[index]
+    models = {name: load_model(name, folder) for name in available_models(folder)}
+    images = image_pool(setting.dataset)
+    n_classes, n_per_class = images.shape[:2]
+    episode_seed = seed * 1000 + index
+    pools: dict[int, Tensor] = {}  # id(backbone) -> embedded pool
+    rows = []
+    for candidate in candidates(models, setting.dataset):
+        if id(candidate.backbone) not in pools:
+            pools[id(candidate.backbone)] = embed_pool(candidate.backbone, images)
+        result = run_episodes(
+            candidate.method,
+            pools[id(candidate.backbone)],
+            n_classes,
+            n_per_class,
+            setting.spec,
+            episodes,
+            episode_seed,
+            use_unlabeled=candidate.use_unlabeled,
+            task_calibration=setting.spec.ways == 5,  # LOO refits: costly at 20 ways
+        )
+        row = {
+            "dataset": setting.dataset,
+            "setting": setting.label,
+            "ways": setting.spec.ways,
+            "shots": setting.spec.shots,
+            "unlabeled": setting.spec.unlabeled,
+            "distractors": setting.spec.distractors,
+            "episodes": episodes,
+            "seed": episode_seed,
+            "method": candidate.name,
+            "backbone": candidate.backbone_name,
+            "semi_supervised": candidate.semi_supervised,
+            "accuracy": round(result.mean, 4),
+            "ci95": round(result.ci95, 4),
+            "ece": round(result.ece, 4),
+            "ece_support_calibrated": None
+            if result.task_calibrated_ece is None
+            else round(result.task_calibrated_ece, 4),
+            "ms_per_episode": round(result.seconds_per_episode * 1000, 2),
+            "train_s": candidate.train_s,
+        }
+        if setting.spec.shots == 5 and setting.spec.ways == 5 and not setting.spec.distractors:
+            row["reliability"] = result.reliability()
+        rows.append(row)
+        log(
+            f"{setting.dataset:13s} {setting.label:52s} {candidate.name:36s} "
+            f"{row['accuracy']:.2%} ± {row['ci95']:.2%}  ECE {row['ece']:.3f}"
+        )
+    return rows
+
+
+def _setting_rows_in_worker(args: tuple) -> list[dict]:
+    torch.set_num_threads(1)  # one process per core
+    return setting_rows(*args, log=lambda message: print(message, file=sys.stderr, flush=True))
+
+
 def run_benchmark(
     episodes: int = 600,
     seed: int = 0,
@@ -81,65 +189,19 @@ def run_benchmark(
     folder=MODELS_DIR,
     log: Callable[[str], None] = print,
     update_cards: bool | None = None,
+    jobs: int = 1,
 ) -> list[dict]:
-    """All rows of the benchmark as dicts (see module docstring)."""
-    models = {name: load_model(name, folder) for name in available_models(folder)}
-    rows: list[dict] = []
-    cache: dict[tuple[str, int], Tensor] = {}  # (dataset, backbone) -> embedded pool
-    pixels = PixelBackbone()
-    for index, setting in enumerate(settings(quick)):
-        images = image_pool(setting.dataset)
-        n_classes, n_per_class = images.shape[:2]
-        episode_seed = seed * 1000 + index
-        backbones = sorted({m.backbone.name for m in models.values()})
-        if setting.dataset == "characters":
-            backbones = [b for b in backbones if b == "conv4"] or backbones
-        candidates = [("pixels", pixels, make_method("protonet"), "nearest centroid")]
-        for backbone_name in backbones:
-            proto = models[f"{backbone_name}-protonet"]
-            candidates += [
-                (backbone_name, proto.backbone, make_method("logreg"), "logistic regression"),
-                (backbone_name, proto.backbone, make_method("label-spreading"), "LabelSpreading"),
-            ]
-            candidates += [
-                (backbone_name, m.backbone, m.method, name)
-                for name, m in models.items()
-                if m.backbone.name == backbone_name
-            ]
-        for backbone_name, backbone, method, name in candidates:
-            key = (setting.dataset, id(backbone))
-            if key not in cache:
-                cache[key] = embed_pool(backbone, images)
-            pool = cache[key]
-            result = run_episodes(method, pool, n_classes, n_per_class, setting.spec, episodes, episode_seed)
-            row = {
-                "dataset": setting.dataset,
-                "setting": setting.label,
-                "ways": setting.spec.ways,
-                "shots": setting.spec.shots,
-                "unlabeled": setting.spec.unlabeled,
-                "distractors": setting.spec.distractors,
-                "episodes": episodes,
-                "seed": episode_seed,
-                "method": name,
-                "backbone": backbone_name,
-                "semi_supervised": getattr(method, "uses_unlabeled", False),
-                "accuracy": round(result.mean, 4),
-                "ci95": round(result.ci95, 4),
-                "ece": round(result.ece, 4),
-                "ece_support_calibrated": None
-                if result.task_calibrated_ece is None
-                else round(result.task_calibrated_ece, 4),
-                "ms_per_episode": round(result.seconds_per_episode * 1000, 2),
-            }
-            if setting.spec.shots == 5 and setting.spec.ways == 5 and not setting.spec.distractors:
-                row["reliability"] = result.reliability()
-            rows.append(row)
-            log(
-                f"{setting.dataset:13s} {setting.label:52s} {name:26s} "
-                f"{row['accuracy']:.2%} ± {row['ci95']:.2%}  ECE {row['ece']:.3f}"
-            )
+    """All rows of the benchmark as dicts (see module docstring); `jobs` settings at a time."""
+    indices = range(len(settings(quick)))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            work = [(i, episodes, seed, quick, folder) for i in indices]
+            per_setting = list(pool.map(_setting_rows_in_worker, work))
+    else:
+        per_setting = [setting_rows(i, episodes, seed, quick, folder, log) for i in indices]
+    rows = [row for chunk in per_setting for row in chunk]
     if update_cards if update_cards is not None else not quick:
+        models = {name: load_model(name, folder) for name in available_models(folder)}
         write_held_out_to_cards(rows, models, folder)
     return rows
 
@@ -147,19 +209,21 @@ def run_benchmark(
 def write_held_out_to_cards(rows: list[dict], models: dict, folder=MODELS_DIR) -> None:
     """Record each model's held-out rows (and a reliability diagram) in its model card."""
     for name, model in models.items():
-        mine = [r for r in rows if r["method"] == name]
+        mine = [r for r in rows if r["method"] == name or r["method"].startswith(f"{name} ")]
         model.card["held_out"] = [{k: v for k, v in r.items() if k != "reliability"} for r in mine]
-        diagrams = [r["reliability"] for r in mine if "reliability" in r]
+        diagrams = [r["reliability"] for r in mine if "reliability" in r and r["method"] == name]
         if diagrams:
             model.card["reliability_5way_5shot"] = diagrams[0]
         (folder / f"{name}.json").write_text(json.dumps(model.card, indent=2, ensure_ascii=False))
+    record_default_in_cards(folder)
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table grouped by dataset and setting."""
     lines, current = [], None
     header = (
-        f"  {'method':30s} {'backbone':12s} {'accuracy (95% CI)':>20s} {'ECE':>7s} {'ECE*':>7s} {'ms/task':>8s}"
+        f"  {'method':38s} {'backbone':12s} {'unlabeled':>9s} {'accuracy (95% CI)':>20s} "
+        f"{'ECE':>6s} {'ECE*':>6s} {'ms/task':>8s} {'train s':>8s}"
     )
     for row in rows:
         key = (row["dataset"], row["setting"])
@@ -173,13 +237,16 @@ def format_table(rows: list[dict]) -> str:
         accuracy = f"{row['accuracy']:.2%} ± {row['ci95']:.2%}"
         recalibrated = row.get("ece_support_calibrated")
         recalibrated = "" if recalibrated is None else f"{recalibrated:.3f}"
+        train_s = "" if row.get("train_s") is None else f"{row['train_s']:.0f}"
         lines.append(
-            f"  {row['method']:30s} {row['backbone']:12s} {accuracy:>20s} "
-            f"{row['ece']:7.3f} {recalibrated:>7s} {row['ms_per_episode']:8.1f}"
+            f"  {row['method']:38s} {row['backbone']:12s} {'yes' if row['semi_supervised'] else 'no':>9s} "
+            f"{accuracy:>20s} {row['ece']:6.3f} {recalibrated:>6s} {row['ms_per_episode']:8.1f} {train_s:>8s}"
         )
     lines.append(
         "\nECE: temperature fitted on validation characters. ECE*: temperature refitted on each "
         "task's own support set by leave-one-out (what the app and CLI do when every class has 2+ "
-        "images). ms/task: adaptation + prediction time per task on cached embeddings."
+        "images; 5-way rows only). ms/task: adaptation + prediction time per task on cached embeddings. "
+        "train s: meta-training wall time on this machine's 2 CPU cores. unlabeled: whether the "
+        "row uses the unlabeled images (the same episodes either way)."
     )
     return "\n".join(lines).lstrip("\n")

@@ -10,6 +10,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mssl_core.dicom import DICOM_MAGIC_OFFSET, is_dicom
+from mssl_core.images import decode_image
+
 
 @dataclass(frozen=True)
 class ExportRow:
@@ -54,16 +57,29 @@ def to_label_studio(rows: list[ExportRow], from_name: str = "label", to_name: st
 
 
 def to_class_folders_zip(rows: list[ExportRow]) -> bytes:
-    """`<label>/<file>` for every row; clashing names within a class get a numeric suffix."""
+    """`<label>/<file>` for every row; clashing names within a class get a numeric suffix.
+    DICOM files are written as PNGs of their pixels: ImageFolder reads those, and their
+    headers (patient identifiers) stay out of the export."""
     buffer = io.BytesIO()
     used: set[str] = set()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for row in rows:
             label = row.label.replace("/", "_").strip() or "unnamed"
-            stem, suffix = Path(row.file).stem, Path(row.file).suffix or row.path.suffix
+            dicom = _is_dicom_file(row.path)
+            stem, suffix = Path(row.file).stem, ".png" if dicom else Path(row.file).suffix or row.path.suffix
             member, n = f"{label}/{stem}{suffix}", 1
             while member in used:
                 member, n = f"{label}/{stem}-{n}{suffix}", n + 1
             used.add(member)
-            archive.write(row.path, member)
+            if dicom:
+                png = io.BytesIO()
+                decode_image(row.path).save(png, format="PNG")
+                archive.writestr(member, png.getvalue())
+            else:
+                archive.write(row.path, member)
     return buffer.getvalue()
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return is_dicom(handle.read(DICOM_MAGIC_OFFSET + 4))

@@ -6,6 +6,7 @@ words, so callers can report it by name and go on with the rest.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import warnings
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mssl_core.dicom import DicomError, decode_dicom, is_dicom
 
 MAX_PIXELS = 100_000_000  # refuse larger images before decoding them (decompression bombs)
 MAX_SIDE = 1024  # larger images are downscaled while decoding; no backbone needs more
@@ -39,6 +42,10 @@ def decode_image(source: Path | bytes) -> Image.Image:
         size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         if size == 0:
             raise ImageError("the file is empty (0 bytes)")
+        head = source[:SNIFF_BYTES] if isinstance(source, bytes) else _read_head(Path(source))
+        if is_dicom(head):
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            return _normalise(decode_dicom(data, MAX_PIXELS))
         opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -51,17 +58,54 @@ def decode_image(source: Path | bytes) -> Image.Image:
                 return _normalise(image)
     except ImageError:
         raise
+    except DicomError as error:
+        raise ImageError(str(error)) from None
     except UnidentifiedImageError:
-        raise ImageError("not an image in a format we can read") from None
+        raise ImageError(_what_it_is_instead(head)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("declares too many pixels (possible decompression bomb)") from None
     except OSError as error:
         reason = str(error)
-        if "truncated" in reason:
+        if "truncated" in reason.lower():
             raise ImageError("the image data is truncated (incomplete file)") from None
         raise ImageError(f"cannot be decoded: {reason}") from None
     except (ValueError, SyntaxError) as error:
         raise ImageError(f"cannot be decoded: {error}") from None
+
+
+SNIFF_BYTES = 2048
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(SNIFF_BYTES)
+
+
+def _what_it_is_instead(head: bytes) -> str:
+    """Why a file Pillow cannot open is not an image, as specifically as the first bytes tell."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "an SVG vector drawing, not a pixel image; export it as PNG"
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not an image"
+    if text.startswith(b"%pdf"):
+        return "a PDF document, not an image"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "a text file, not an image"
+        except UnicodeDecodeError:
+            pass
+    return "not an image in a format we can read"
+
+
+def thumbnail_data_uri(path: Path, side: int = 96) -> str:
+    """A small PNG of an image as a `data:` URI, for tooltips that show the image itself."""
+    image = decode_image(path)
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _normalise(image: Image.Image) -> Image.Image:
@@ -134,8 +178,11 @@ def expand_uploads(
         try:
             archive = zipfile.ZipFile(io.BytesIO(content))
             members = [m for m in archive.infolist() if not m.is_dir()]
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
             problems.append((name, "not a readable zip archive"))
+            continue
+        if not members:
+            problems.append((name, "the archive holds no files"))
             continue
         if len(members) > ARCHIVE_LIMITS["members"]:
             problems.append((name, f"more than {ARCHIVE_LIMITS['members']:,} files in the archive"))
@@ -155,8 +202,13 @@ def expand_uploads(
             elif member.filename.lower().endswith(".zip"):
                 problems.append((shown, "archives inside archives are not opened; upload it separately"))
             else:
+                try:
+                    data = archive.read(member)
+                except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError):
+                    problems.append((shown, "cannot be read from the archive (damaged or encrypted)"))
+                    continue
                 label = parts[-2] if len(parts) >= 2 else None
-                files.append(UploadedFile(parts[-1], archive.read(member), label))
+                files.append(UploadedFile(parts[-1], data, label))
     return files, problems
 
 
@@ -169,7 +221,11 @@ def read_label_csv(content: bytes) -> tuple[dict[str, str], list[tuple[str, str]
         dialect = csv.excel
     labels: dict[str, str] = {}
     problems: list[tuple[str, str]] = []
-    for number, row in enumerate(csv.reader(io.StringIO(text), dialect), start=1):
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), dialect))
+    except csv.Error as error:
+        return {}, [("labels CSV", f"cannot be read as CSV ({error})")]
+    for number, row in enumerate(rows, start=1):
         if not row or (number == 1 and [c.strip().lower() for c in row[:2]] == ["file", "label"]):
             continue
         if len(row) < 2 or not row[1].strip():

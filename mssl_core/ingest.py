@@ -3,6 +3,7 @@ duplicates (same content) are counted once, and every skipped file is reported w
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from mssl_core.data.paths import REPO_ROOT
@@ -29,28 +30,46 @@ def ingest(
     """Store usable files as `role` images. Labeled files take their label from the CSV, then
     their class folder, then `default_label`; a labeled file with none of these is reported."""
     report = IngestReport()
-    other_role = {"labeled": "unlabeled", "unlabeled": "labeled"}[role]
-    other_hashes = {image.sha256 for image in project.images(other_role)}
+    labels_added: set[str] = set()
+    labeled = {image.sha256: image for image in project.images("labeled")}
+    batch = {image.sha256: image for image in project.images("unlabeled")}
     for file in files:
         try:
             decode_image(file.content)
         except ImageError as error:
             report.problems.append((file.name, str(error)))
             continue
+        sha = hashlib.sha256(file.content).hexdigest()
         label = None
         if role == "labeled":
             label = (csv_labels or {}).get(file.name) or file.label or (default_label or None)
             if not label:
                 report.problems.append((file.name, "no class given (folder, CSV or typed name)"))
                 continue
+        elif sha in labeled:  # one image, counted once: it is already a labeled example
+            report.duplicates.append(
+                f"{file.name} is already labeled ({labeled[sha].name}); not added to the batch"
+            )
+            continue
         image, added = project.add_image(file.content, file.name, role, label)
+        labels_added.add(label)
         if not added:
             report.duplicates.append(f"{file.name} (same image as {image.name})")
-        elif image.sha256 in other_hashes:
-            report.duplicates.append(f"{file.name} is also in the {other_role} set")
-            report.added += 1
-        else:
-            report.added += 1
+            continue
+        report.added += 1
+        if sha in batch:
+            report.duplicates.append(f"{file.name} was in the unlabeled batch; it now counts as labeled only")
+    if csv_labels:
+        uploaded = {file.name for file in files}
+        report.problems += [
+            ("labels CSV", f"lists '{name}', which was not uploaded")
+            for name in csv_labels
+            if name not in uploaded
+        ]
+        report.problems += [
+            (f"class '{label}'", "has no usable images (its files are missing or unreadable)")
+            for label in sorted(set(csv_labels.values()) - labels_added)
+        ]
     return report
 
 

@@ -22,6 +22,7 @@ from mssl_core.calibration import leave_one_out_temperature
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
 from mssl_core.methods import METHODS, make_method
+from mssl_core.ssl import SSLOptions, with_ssl
 
 BACKBONE_PREFERENCE = ("conv4", "mobilenetv2")
 SMALL_GRAY_SIDE = 64  # at most this size and grayscale: drawings/characters, Conv-4's domain
@@ -64,17 +65,37 @@ class LabelingResult:
     backbone_reason: str
 
 
-def default_method(folder: Path = MODELS_DIR) -> str:
-    """The method with the best mean validation accuracy in the shipped model cards."""
+def validation_scores(folder: Path = MODELS_DIR) -> dict[str, float]:
+    """Per method: mean validation accuracy over its shipped checkpoints' model cards."""
     scores: dict[str, list[float]] = {}
     for name in available_models(folder):
         card = load_card(name, folder)
         accuracies = [v["accuracy"] for v in card.get("validation", {}).values()]
         if accuracies:
             scores.setdefault(card["method"], []).append(float(np.mean(accuracies)))
-    if not scores:
-        return "softkmeans"
-    return max(scores, key=lambda m: np.mean(scores[m]))
+    return {method: float(np.mean(values)) for method, values in scores.items()}
+
+
+def default_method(folder: Path = MODELS_DIR) -> str:
+    """The method with the best mean validation accuracy in the shipped model cards."""
+    scores = validation_scores(folder)
+    return max(scores, key=scores.__getitem__) if scores else "softkmeans"
+
+
+def record_default_in_cards(folder: Path = MODELS_DIR) -> None:
+    """Say in every model card whether its method is the app's and CLI's default, and why."""
+    scores = validation_scores(folder)
+    best = default_method(folder)
+    for name in available_models(folder):
+        path = folder / f"{name}.json"
+        card = load_card(name, folder)
+        card["default"] = {
+            "is_default_method": card.get("method") == best,
+            "default_method": best,
+            "why": "highest mean validation accuracy (meta-validation characters, 5-way 1- and 5-shot) "
+            "among the shipped methods: " + ", ".join(f"{m} {v:.2%}" for m, v in sorted(scores.items())),
+        }
+        path.write_text(json.dumps(card, indent=2, ensure_ascii=False))
 
 
 def load_card(name: str, folder: Path = MODELS_DIR) -> dict:
@@ -110,16 +131,17 @@ def adapt(
     support_labels: Tensor,
     unlabeled: Tensor,
     predict_for: Tensor | None = None,
+    ssl: SSLOptions | None = None,
 ) -> Prediction:
     """Fit the method to the task (support + unlabeled) and predict `predict_for` (default:
-    the unlabeled images themselves).
+    the unlabeled images themselves), with the semi-supervised terms of `ssl` switched on.
 
     Where every class has two or more labeled images, confidence is recalibrated on them by
     leave-one-out (see calibration.py); otherwise the temperature fitted on validation
     characters is used."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     targets = unlabeled if predict_for is None else predict_for
-    method = model.method
+    method = with_ssl(model.method, ssl)
     temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
@@ -186,6 +208,7 @@ def label_folders(
     backbone: str = "auto",
     folder: Path = MODELS_DIR,
     log: Callable[[str], None] = print,
+    ssl: SSLOptions | None = None,
 ) -> LabelingResult:
     """Pseudo-label every file under `unlabeled_dir` from the class folders of `support_dir`."""
     method = method or default_method(folder)
@@ -211,7 +234,7 @@ def label_folders(
     unlabeled_paths = list_files(unlabeled_dir)
     unlabeled_images, errors = decode_all(unlabeled_paths, log)
     readable = [im for im in unlabeled_images if im is not None]
-    prediction = adapt(model, classes, support, labels, embed_images(model.backbone, readable))
+    prediction = adapt(model, classes, support, labels, embed_images(model.backbone, readable), ssl=ssl)
     outcomes = iter(zip(prediction.labels, prediction.confidence, prediction.probabilities, strict=True))
     rows = []
     for path, error in zip(unlabeled_paths, errors, strict=True):

@@ -17,6 +17,7 @@ from mssl_core.export import ExportRow
 from mssl_core.images import decode_image
 from mssl_core.labeling import Prediction, adapt
 from mssl_core.methods import make_method
+from mssl_core.ssl import SSLOptions
 from mssl_core.store import LabelingProject, StoredImage
 
 
@@ -52,6 +53,7 @@ def pseudo_label_project(
     model: Model,
     cache: EmbeddingCache,
     progress: Callable[[float], None] | None = None,
+    ssl: SSLOptions | None = None,
 ) -> ProjectPrediction:
     """Embed (cached), adapt to the current support set, predict, and store the predictions.
 
@@ -75,7 +77,7 @@ def pseudo_label_project(
     labeled_ids = {image.id for image, _ in support}
     undecided = torch.tensor([image.id not in labeled_ids for image in unlabeled], dtype=torch.bool)
     prediction = adapt(
-        model, classes, support_embeddings, labels, unlabeled_embeddings[undecided], unlabeled_embeddings
+        model, classes, support_embeddings, labels, unlabeled_embeddings[undecided], unlabeled_embeddings, ssl
     )
     project.save_predictions(
         [

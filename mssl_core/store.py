@@ -14,6 +14,7 @@ import re
 import shutil
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def slugify(name: str) -> str:
     return slug
 
 
+class StorageError(RuntimeError):
+    """Something could not be saved (disk full, read-only folder); the message is for the user.
+    The write was all-or-nothing: the last saved state is intact."""
+
+
+def _storage_problem(error: BaseException, folder: Path) -> str:
+    text = str(error).lower()
+    errno_ = getattr(error, "errno", None)
+    if "full" in text or errno_ == 28:  # ENOSPC
+        return f"the disk holding {folder} is full"
+    if "readonly" in text or "read-only" in text or errno_ in (13, 30):  # EACCES, EROFS
+        return f"{folder} is read-only (or this app may not write there)"
+    return f"{folder} cannot be written ({error})"
+
+
 @dataclass(frozen=True)
 class StoredImage:
     id: int
@@ -91,6 +107,18 @@ class LabelingProject:
     def close(self) -> None:
         self.db.close()
 
+    @contextmanager
+    def _saving(self, what: str):
+        """One committed transaction; failures become a `StorageError` naming what was not saved."""
+        try:
+            with self.db:
+                yield self.db
+        except (sqlite3.OperationalError, OSError) as error:
+            raise StorageError(
+                f"Could not save {what}: {_storage_problem(error, self.folder)}. "
+                "Nothing was lost: everything saved before is intact. Free space or fix the folder, then retry."
+            ) from None
+
     def add_image(
         self, content: bytes, name: str, role: str, label: str | None = None
     ) -> tuple[StoredImage, bool]:
@@ -101,12 +129,15 @@ class LabelingProject:
             return existing[0], False
         file = sha + Path(name).suffix.lower()[:10]
         target = self.images_dir / file
-        if not target.exists():
-            partial = target.with_suffix(target.suffix + ".part")
-            partial.write_bytes(content)
-            partial.replace(target)
-        with self.db:
-            cursor = self.db.execute(
+        with self._saving(f"image {name}") as db:
+            if not target.exists():
+                partial = target.with_suffix(target.suffix + ".part")
+                try:
+                    partial.write_bytes(content)
+                    partial.replace(target)
+                finally:
+                    partial.unlink(missing_ok=True)
+            cursor = db.execute(
                 "INSERT INTO images (sha256, name, role, label, file, added_at) VALUES (?,?,?,?,?,?)",
                 (sha, name, role, label, file, time.time()),
             )
@@ -119,8 +150,13 @@ class LabelingProject:
         return found[0]
 
     def images(self, role: str | None = None) -> list[StoredImage]:
+        """Images of a role; an image that is also labeled is not part of the unlabeled batch."""
         if role is None:
             return self._image_where("1", ())
+        if role == "unlabeled":
+            return self._image_where(
+                "role = 'unlabeled' AND sha256 NOT IN (SELECT sha256 FROM images WHERE role = 'labeled')", ()
+            )
         return self._image_where("role = ?", (role,))
 
     def _image_where(self, where: str, params: tuple) -> list[StoredImage]:
@@ -134,14 +170,14 @@ class LabelingProject:
         return row[0] if row else default
 
     def set_setting(self, key: str, value: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
+        with self._saving(f"the setting {key!r}") as db:
+            db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
 
     def save_predictions(self, rows: list[tuple[int, str, float]], method: str) -> None:
         """Replace the predictions of the given images: (image id, label, confidence)."""
         now = time.time()
-        with self.db:
-            self.db.executemany(
+        with self._saving("the pseudo-labels") as db:
+            db.executemany(
                 "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?)",
                 [(i, label, float(conf), method, now) for i, label, conf in rows],
             )
@@ -155,8 +191,8 @@ class LabelingProject:
         self.image(image_id)
         if action in ("accept", "correct") and not label:
             raise ValueError(f"a {action} decision needs a label")
-        with self.db:
-            self.db.execute(
+        with self._saving(f"the decision on image {image_id}") as db:
+            db.execute(
                 "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
                 (image_id, action, label, session, time.time()),
             )
@@ -198,6 +234,18 @@ def list_projects() -> list[str]:
     return sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
 
 
-def delete_project(name: str) -> None:
-    """Remove a project's images, database and everything else in its folder."""
+def delete_project(name: str, embeddings=None) -> None:
+    """Remove a project's images, database and everything else in its folder, and from the
+    shared embedding cache (`embeddings`, an EmbeddingCache) the embeddings of its images
+    that no other project holds."""
+    if embeddings is not None:
+        project = open_project(name, create=False)
+        doomed = {image.sha256 for image in project.images()}
+        project.close()
+        for other in list_projects():
+            if other != slugify(name):
+                project = open_project(other, create=False)
+                doomed -= {image.sha256 for image in project.images()}
+                project.close()
+        embeddings.delete_hashes(sorted(doomed))
     shutil.rmtree(project_folder(name))

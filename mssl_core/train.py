@@ -53,7 +53,10 @@ def _flat_pool(images: np.ndarray, backbone: Backbone) -> Tensor:
 
 def frozen_feature_pool(backbone: MobileNetV2Backbone, split: str, n_classes: int, n_per_class: int):
     """MobileNetV2 features of the first classes of a split, cached on disk (they never change)."""
-    path = cache_dir() / f"mobilenetv2-{backbone.image_size}-{split}-{n_classes}x{n_per_class}.pt"
+    name = (
+        f"mobilenetv2-{backbone.image_size}-v{characters.RENDER_VERSION}-{split}-{n_classes}x{n_per_class}.pt"
+    )
+    path = cache_dir() / name
     if path.exists():
         return torch.load(path, weights_only=True)
     corpus = characters.load_characters(split, 20 if split == "train" else 40)
@@ -97,7 +100,7 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     backbone = make_backbone(cfg.backbone)
-    method = make_method(cfg.method)
+    method = make_method(cfg.method, embedding_dim=backbone.embedding_dim)
     pool, n_classes, n_per_class = embedding_pools(backbone, "train", cfg)
     samplers = [
         EpisodeSampler(
@@ -125,7 +128,7 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
             embeddings[n_s + n_u :],
         )
         method.fit(support, torch.from_numpy(episode.support_labels), unlabeled if n_u else None)
-        loss = torch.nn.functional.cross_entropy(method.logits(query), torch.from_numpy(episode.query_labels))
+        loss = method.meta_loss(query, torch.from_numpy(episode.query_labels))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -190,14 +193,17 @@ def calibrate(backbone: Backbone, method, cfg: TrainConfig, episodes: int = 150)
     return temperature, validation
 
 
-SHIPPED = [
-    TrainConfig("conv4", "protonet"),
-    TrainConfig("conv4", "softkmeans"),
-    TrainConfig("conv4", "masked-softkmeans"),
-    TrainConfig("mobilenetv2", "protonet"),
-    TrainConfig("mobilenetv2", "softkmeans"),
-    TrainConfig("mobilenetv2", "masked-softkmeans"),
-]
+SHIPPED_METHODS = (
+    "protonet",
+    "softkmeans",
+    "masked-softkmeans",
+    "matching",
+    "siamese",
+    "propagation",
+    "memory",
+    "maml",
+)
+SHIPPED = [TrainConfig(backbone, method) for backbone in ("conv4", "mobilenetv2") for method in SHIPPED_METHODS]
 
 
 def train_and_save(cfg: TrainConfig, folder=MODELS_DIR, log=print) -> Model:

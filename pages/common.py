@@ -3,15 +3,71 @@ current project, whose name is also kept in the URL so a refresh resumes it."""
 
 from __future__ import annotations
 
+import hmac
+import json
+import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image
 
 from mssl_core.checkpoints import Model
 from mssl_core.embedding_cache import EmbeddingCache
+from mssl_core.images import ImageError, decode_image, thumbnail_data_uri
 from mssl_core.labeling import default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
-from mssl_core.store import LabelingProject, data_dir, open_project
+from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
+from mssl_core.store import LabelingProject, StorageError, data_dir, open_project
+
+
+def configured_password() -> str | None:
+    """The app password: environment variable MSSL_PASSWORD, else `password` in Streamlit
+    secrets (.streamlit/secrets.toml); None means the app is open (the default, on 127.0.0.1)."""
+    if os.environ.get("MSSL_PASSWORD"):
+        return os.environ["MSSL_PASSWORD"]
+    try:
+        return st.secrets.get("password") or None
+    except FileNotFoundError:  # no secrets file at all
+        return None
+
+
+def locked() -> bool:
+    """A password is configured and this session has not given it yet."""
+    return configured_password() is not None and not st.session_state.get("authenticated")
+
+
+def require_unlocked() -> None:
+    """Every page's first line. app.py already shows only the log-in page while locked; this
+    also holds when Streamlit runs a page file directly (its pages/ folder convention)."""
+    if locked():
+        password_prompt()
+        st.stop()
+
+
+def password_prompt() -> None:
+    """The log-in page: the right password unlocks every page for this browser session."""
+    st.title("MSSL Label Assist")
+    with st.form("login"):
+        given = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Open")
+    if submitted and hmac.compare_digest(given.encode(), configured_password().encode()):
+        st.session_state["authenticated"] = True
+        st.rerun()
+    if submitted:
+        st.error("Wrong password.")
+
+
+@contextmanager
+def saved_or_reported():
+    """Around every write: if it cannot be saved (disk full, read-only folder), say so plainly
+    and stop the page; nothing is confirmed that was not saved, and the saved state is intact."""
+    try:
+        yield
+    except StorageError as error:
+        st.error(str(error))
+        st.stop()
 
 
 def embedding_cache() -> EmbeddingCache:
@@ -35,6 +91,26 @@ def project_model(project: LabelingProject) -> Model:
     return load_model_for(method, backbone)
 
 
+BROWSER_FORMATS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
+
+
+def viewable(path: Path) -> str | Image.Image:
+    """What `st.image` can show: the file itself where browsers read the format, else the
+    decoded pixels (DICOM, TIFF, ...), so that no header (patient data) reaches the browser."""
+    if path.suffix.lower() in BROWSER_FORMATS:
+        return str(path)
+    try:
+        return decode_image(path)
+    except ImageError:
+        return Image.new("L", (8, 8), 128)
+
+
+def project_ssl(project: LabelingProject) -> SSLOptions:
+    """The semi-supervised options chosen for the project (default until someone changes them)."""
+    saved = project.setting("ssl")
+    return options_from_dict(json.loads(saved)) if saved else DEFAULT_SSL
+
+
 def current_project_name() -> str | None:
     """From this session, or from the URL after a refresh (page switches drop the URL's query)."""
     name = st.session_state.get("project") or st.query_params.get("project")
@@ -46,6 +122,24 @@ def current_project_name() -> str | None:
 def set_current_project(name: str) -> None:
     st.session_state["project"] = name
     st.query_params["project"] = name
+
+
+def browser_session() -> str:
+    """A short id of this browser session (tab), recorded with each decision in the audit trail."""
+    if "browser_session" not in st.session_state:
+        st.session_state["browser_session"] = uuid.uuid4().hex[:8]
+    return st.session_state["browser_session"]
+
+
+def forget_current_project() -> None:
+    st.session_state.pop("project", None)
+    st.query_params.pop("project", None)
+
+
+def close_project(project: LabelingProject) -> None:
+    """Close this process's connection to a project (before deleting it)."""
+    project.close()
+    _open.clear()
 
 
 @st.cache_resource
@@ -74,4 +168,69 @@ def current_predictions(project: LabelingProject) -> ProjectPrediction:
         st.info("Pseudo-label the batch first.")
         st.page_link("pages/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
         st.stop()
-    return pseudo_label_project(project, project_model(project), embedding_cache())
+    with saved_or_reported():
+        return pseudo_label_project(
+            project, project_model(project), embedding_cache(), ssl=project_ssl(project)
+        )
+
+
+# Plotly hover labels cannot show images, so this component listens to the map's own hover
+# events in the page and shows the hovered image (points carry image ids in `customdata`).
+_HOVER_JS = """
+export default function(component) {
+  window.msslThumbnails = component.data.thumbnails;
+  let tip = document.getElementById("mssl-hover-thumbnail");
+  if (!tip) {
+    tip = document.createElement("div");
+    tip.id = "mssl-hover-thumbnail";
+    tip.style.cssText = "position:fixed;z-index:100000;display:none;pointer-events:none;" +
+      "background:white;border:1px solid #999;border-radius:4px;padding:4px;" +
+      "box-shadow:0 2px 8px rgba(0,0,0,.3);font:12px sans-serif;color:#222";
+    document.body.appendChild(tip);
+  }
+  const attach = () => document.querySelectorAll(".js-plotly-plot").forEach((chart) => {
+    if (chart.msslHover || typeof chart.on !== "function") return;
+    chart.msslHover = true;
+    chart.on("plotly_hover", (event) => {
+      const point = event.points[0];
+      const id = Array.isArray(point.customdata) ? point.customdata[0] : point.customdata;
+      const shown = (window.msslThumbnails || {})[id];
+      if (!shown) return;
+      tip.innerHTML = "";
+      const img = document.createElement("img");
+      img.src = shown.src;
+      img.alt = shown.name;
+      img.style.cssText = "display:block;width:96px;height:96px;object-fit:contain";
+      const caption = document.createElement("div");
+      caption.textContent = shown.name;
+      tip.append(img, caption);
+      // above and to the left of the pointer: Plotly's own label opens to the right
+      tip.style.left = Math.max(0, event.event.clientX - 126) + "px";
+      tip.style.top = Math.max(0, event.event.clientY - 150) + "px";
+      tip.style.display = "block";
+    });
+    chart.on("plotly_unhover", () => { tip.style.display = "none"; });
+  });
+  attach();
+  const timer = setInterval(attach, 500);
+  return () => clearInterval(timer);
+}
+"""
+_hover_component = st.components.v2.component("mssl_hover_thumbnails", js=_HOVER_JS, isolate_styles=False)
+
+
+def hover_thumbnails(thumbnails: dict[int, dict[str, str]]) -> None:
+    """Show the image under the mouse on every Plotly chart of the page: {image id: {src, name}}."""
+    _hover_component(data={"thumbnails": thumbnails}, key="hover-thumbnails")
+
+
+@st.cache_data(show_spinner="Making thumbnails…", max_entries=8)
+def thumbnails(images: list[tuple[int, str, str]]) -> dict[int, dict[str, str]]:
+    """{id: {src: data URI, name}} for (id, path, name) triples; unreadable images are left out."""
+    shown = {}
+    for image_id, path, name in images:
+        try:
+            shown[image_id] = {"src": thumbnail_data_uri(Path(path)), "name": name}
+        except ImageError:
+            continue
+    return shown

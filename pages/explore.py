@@ -1,4 +1,4 @@
-"""Step 4 — Explore: a 2-D map of the images; hover names an image, a click shows it, and a
+"""Step 4 — Explore: a 2-D map of the images; hover shows an image, a click shows it large, and a
 lasso or box selection shows a group and gives it a class in one go. Confidence histogram and
 counts per class beside it."""
 
@@ -8,8 +8,18 @@ import plotly.express as px
 import streamlit as st
 
 from mssl_core.projection import project_2d
-from pages.common import current_predictions, require_project
+from pages.common import (
+    browser_session,
+    current_predictions,
+    hover_thumbnails,
+    require_project,
+    require_unlocked,
+    saved_or_reported,
+    thumbnails,
+    viewable,
+)
 
+require_unlocked()
 st.title("Explore")
 project = require_project()
 result = current_predictions(project)
@@ -37,6 +47,7 @@ frame = pd.DataFrame(
         "status": [result.status(i) for i in result.images],
         "file": [i.name for i in result.images],
         "id": [i.id for i in result.images],
+        "marker size": np.clip(prediction.confidence, 0.2, 1) * 12,
     }
 )
 figure = px.scatter(
@@ -45,9 +56,16 @@ figure = px.scatter(
     y="y",
     color="label",
     symbol="status",
-    size=np.clip(frame["confidence"], 0.2, 1) * 12,
+    size="marker size",
     custom_data=["id"],
-    hover_data={"file": True, "confidence": ":.0%", "status": True, "x": False, "y": False},
+    hover_data={
+        "file": True,
+        "confidence": ":.0%",
+        "status": True,
+        "x": False,
+        "y": False,
+        "marker size": False,
+    },
     title=f"{len(frame)} unlabeled images ({used.upper()}); larger = more confident",
 )
 figure.update_layout(dragmode="lasso", height=560)
@@ -56,6 +74,7 @@ with left:
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "lasso", "box"), key="map", width="stretch"
     )
+hover_thumbnails(thumbnails([(i.id, str(i.path), i.name) for i in result.images]))
 with right:
     st.plotly_chart(
         px.histogram(frame, x="confidence", nbins=20, title="Confidence", height=260), width="stretch"
@@ -69,13 +88,16 @@ if selected:
     by_id = {i.id: i for i in result.images}
     width = 160 if len(selected) == 1 else 56  # one clicked point: show it large
     st.image(
-        [str(by_id[i].path) for i in selected[:48]], caption=[by_id[i].name for i in selected[:48]], width=width
+        [viewable(by_id[i].path) for i in selected[:48]],
+        caption=[by_id[i].name for i in selected[:48]],
+        width=width,
     )
     label = st.selectbox("Give them the class", prediction.classes)
     if st.button(f"Assign '{label}' to {len(selected)} images", type="primary"):
         predicted = dict(zip(frame["id"], prediction.labels, strict=True))
-        for image_id in selected:
-            action = "accept" if predicted[image_id] == label else "correct"
-            project.decide(image_id, action, label, session="explore")
+        with saved_or_reported():
+            for image_id in selected:
+                action = "accept" if predicted[image_id] == label else "correct"
+                project.decide(image_id, action, label, session=f"explore {browser_session()}")
         st.toast(f"Saved {len(selected)} labels.")
         st.rerun()

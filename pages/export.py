@@ -4,8 +4,9 @@ import streamlit as st
 
 from mssl_core.export import to_class_folders_zip, to_csv, to_label_studio
 from mssl_core.pseudo_label import export_rows
-from pages.common import require_project
+from pages.common import require_project, require_unlocked
 
+require_unlocked()
 st.title("Export")
 project = require_project()
 

@@ -2,6 +2,9 @@
 
 import streamlit as st
 
+from pages.common import require_unlocked
+
+require_unlocked()
 st.title("MSSL Label Assist")
 st.markdown(
     """

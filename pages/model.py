@@ -7,7 +7,10 @@ import streamlit as st
 
 from mssl_core.checkpoints import available_models
 from mssl_core.labeling import default_method, load_card
+from mssl_core.methods import METHODS
+from pages.common import require_unlocked
 
+require_unlocked()
 st.title("The model")
 st.markdown(
     """
@@ -21,6 +24,12 @@ examples of each of 10 characters, and some unlabeled images; sort these"), so i
 to learn* new classes from a few examples. The semi-supervised methods also use your unlabeled
 images: the groups they form pull each class centre to where that class really lies.
 
+**Three families of meta-learning.** *Metric-based* methods learn a way of comparing images
+(prototypical, matching and siamese networks, label propagation); a *model-based* one learns
+to store examples in a memory and look new images up in it; an *optimization-based* one (MAML)
+learns a starting point from which a few learning steps on your examples go a long way. Each
+can use your unlabeled images too, and the table below measures each with and without them.
+
 **Honest confidence.** A "90% confident" prediction should be right about 90% of the time.
 The confidence is calibrated on validation tasks, and again on your own labeled examples
 whenever every class has at least two of them.
@@ -31,6 +40,19 @@ if not names:
     st.warning("No model is installed yet: run `python -m mssl_core train --all`.")
     st.stop()
 st.info(f"Recommended method (best accuracy on validation classes): **{default_method()}**")
+
+st.subheader("The methods")
+shipped = {load_card(name).get("method") for name in names}
+st.dataframe(
+    pd.DataFrame(
+        [
+            {"method": name, "family": cls.family, "what it does": cls.description}
+            for name, cls in METHODS.items()
+            if name in shipped or not getattr(cls, "meta_trained", True)
+        ]
+    ),
+    hide_index=True,
+)
 
 cards = {name: load_card(name) for name in names}
 training = [
@@ -58,6 +80,7 @@ if held_out:
             "data": [r["dataset"] for r in held_out],
             "task": [r["setting"] for r in held_out],
             "model": [r["method"] for r in held_out],
+            "uses unlabeled": ["yes" if r.get("semi_supervised") else "no" for r in held_out],
             "accuracy": [f"{r['accuracy']:.2%} ± {r['ci95']:.2%}" for r in held_out],
             "calibration error": [f"{r['ece']:.3f}" for r in held_out],
             "tasks": [r["episodes"] for r in held_out],

@@ -1,6 +1,8 @@
 """Step 2 — Pseudo-label: pick the method in plain words, run it, see the result in seconds."""
 
+import json
 import time
+from dataclasses import asdict, replace
 
 import streamlit as st
 import torch
@@ -11,8 +13,16 @@ from mssl_core.ingest import demo_accuracy
 from mssl_core.labeling import choose_backbone, default_method
 from mssl_core.methods import METHODS
 from mssl_core.pseudo_label import pseudo_label_project, support_set
-from pages.common import embedding_cache, load_model_for, require_project
+from pages.common import (
+    embedding_cache,
+    load_model_for,
+    project_ssl,
+    require_project,
+    require_unlocked,
+    saved_or_reported,
+)
 
+require_unlocked()
 st.title("Pseudo-label")
 project = require_project()
 
@@ -40,6 +50,41 @@ backbone_choice = st.selectbox(
     }.get,
 )
 
+saved_ssl = project_ssl(project)
+with st.expander(f"More ways to learn from the unlabeled images (now: {saved_ssl.describe()})"):
+    st.caption(
+        "Optional extras on top of the method above. They can help when the unlabeled images are "
+        "many and clean; check the measured accuracy on the Model page before relying on them."
+    )
+    self_training = st.toggle(
+        "Self-training: confident predictions become extra examples, then the model adapts again",
+        value=saved_ssl.pseudo_label_rounds > 0,
+    )
+    threshold = st.slider(
+        "Confidence needed to be used as an extra example",
+        0.5,
+        0.99,
+        saved_ssl.pseudo_label_threshold,
+        0.01,
+        disabled=not self_training,
+    )
+    rounds = st.number_input("Rounds", 1, 5, max(1, saved_ssl.pseudo_label_rounds), disabled=not self_training)
+    entropy = st.toggle(
+        "Prefer decisive answers on the unlabeled images (entropy minimisation)",
+        value=saved_ssl.entropy_weight > 0,
+    )
+    consistency = st.toggle(
+        "Answers must not change when an image is slightly perturbed (consistency)",
+        value=saved_ssl.consistency_weight > 0,
+    )
+ssl = replace(
+    saved_ssl,
+    pseudo_label_rounds=int(rounds) if self_training else 0,
+    pseudo_label_threshold=float(threshold),
+    entropy_weight=(saved_ssl.entropy_weight or 0.1) if entropy else 0.0,
+    consistency_weight=(saved_ssl.consistency_weight or 0.1) if consistency else 0.0,
+)
+
 support = support_set(project, project.current_decisions())
 classes = sorted({label for _, label in support})
 if len(classes) < 2 or not project.images("unlabeled"):
@@ -54,19 +99,23 @@ if st.button("Pseudo-label", type="primary"):
         labels = torch.tensor([classes.index(label) for _, label in support])
         backbone, reason = choose_backbone(images, labels, method)
         st.caption(reason)
-    project.set_setting("method", method)
-    project.set_setting("backbone", backbone)
     bar = st.progress(0.0, text="Embedding images (each image only once, then cached)…")
-    result = pseudo_label_project(
-        project,
-        load_model_for(method, backbone),
-        embedding_cache(),
-        progress=lambda done: bar.progress(done, text=f"Embedding images… {done:.0%}"),
-    )
+    with saved_or_reported():
+        project.set_setting("method", method)
+        project.set_setting("backbone", backbone)
+        project.set_setting("ssl", json.dumps(asdict(ssl)))
+        result = pseudo_label_project(
+            project,
+            load_model_for(method, backbone),
+            embedding_cache(),
+            progress=lambda done: bar.progress(done, text=f"Embedding images… {done:.0%}"),
+            ssl=ssl,
+        )
     bar.empty()
     seconds = time.perf_counter() - started
     counts = {c: result.prediction.labels.count(c) for c in result.prediction.classes}
-    st.success(f"Pseudo-labeled {len(result.images)} images in {seconds:.1f} s with {method}.")
+    extras = "" if not ssl.active else f" (+ {ssl.describe()})"
+    st.success(f"Pseudo-labeled {len(result.images)} images in {seconds:.1f} s with {method}{extras}.")
     measured = demo_accuracy([i.name for i in result.images], result.prediction.labels)
     if measured:
         st.write(

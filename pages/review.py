@@ -5,11 +5,18 @@ says so, and the rest of the batch re-adapts to it at once."""
 import streamlit as st
 
 from mssl_core.review import review_order, threshold_summary
-from pages.common import current_predictions, require_project
+from pages.common import (
+    browser_session,
+    current_predictions,
+    require_project,
+    require_unlocked,
+    saved_or_reported,
+    viewable,
+)
 
 PAGE_SIZE = 12
-SESSION = "review"
 
+require_unlocked()
 st.title("Review")
 project = require_project()
 result = current_predictions(project)
@@ -31,9 +38,15 @@ with st.container(border=True):
     expected = f", expected precision {precision:.1%} ({source})" if count else ""
     st.write(f"Accepts **{count}** images{expected}.")
     if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
-        for index in pending:
-            if prediction.confidence[index] >= threshold:
-                project.decide(result.images[index].id, "accept", prediction.labels[index], session=SESSION)
+        with saved_or_reported():
+            for index in pending:
+                if prediction.confidence[index] >= threshold:
+                    project.decide(
+                        result.images[index].id,
+                        "accept",
+                        prediction.labels[index],
+                        session=f"review {browser_session()}",
+                    )
         st.toast(f"Saved {count} accepted labels.")
         st.rerun()
 
@@ -48,14 +61,16 @@ queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 
 def decide(image, action: str, label: str | None = None) -> None:
     """Commit the decision, then confirm it and re-adapt the batch."""
-    project.decide(image.id, action, label, session=SESSION)
+    with saved_or_reported():
+        project.decide(image.id, action, label, session=f"review {browser_session()}")
     st.toast(f"Saved: {image.name} → {label or action}")
     st.rerun()
 
 
 trail = project.audit_trail()
 if trail and st.button(f"Undo last decision ({trail[-1]['image']}: {trail[-1]['action']})", shortcut="Z"):
-    project.decide(trail[-1]["image_id"], "undo", session=SESSION)
+    with saved_or_reported():
+        project.decide(trail[-1]["image_id"], "undo", session=f"review {browser_session()}")
     st.rerun()
 
 if not queue:
@@ -68,7 +83,7 @@ focus = result.images[queue[0]]
 focus_label, focus_confidence = prediction.labels[queue[0]], prediction.confidence[queue[0]]
 with st.container(border=True):
     picture, actions = st.columns([1, 3])
-    picture.image(str(focus.path), width=180)
+    picture.image(viewable(focus.path), width=180)
     with actions:
         st.write(f"**Next: {focus.name}** — model says **{focus_label}** ({focus_confidence:.0%})")
         st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
@@ -87,7 +102,7 @@ for slot, index in enumerate(queue[1:]):
     image = result.images[index]
     label, confidence = prediction.labels[index], prediction.confidence[index]
     with columns[slot % 4].container(border=True):
-        st.image(str(image.path), width=112)
+        st.image(viewable(image.path), width=112)
         st.caption(f"{image.name}")
         st.write(f"**{label}** · {confidence:.0%}")
         chosen = st.selectbox(

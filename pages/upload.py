@@ -4,9 +4,20 @@ import streamlit as st
 
 from mssl_core.images import expand_uploads, read_label_csv
 from mssl_core.ingest import class_counts, ingest, load_demo
-from mssl_core.store import list_projects, open_project, slugify
-from pages.common import current_project_name, require_project, set_current_project
+from mssl_core.store import delete_project, list_projects, open_project, slugify
+from pages.common import (
+    close_project,
+    current_project_name,
+    embedding_cache,
+    forget_current_project,
+    require_project,
+    require_unlocked,
+    saved_or_reported,
+    set_current_project,
+    viewable,
+)
 
+require_unlocked()
 st.title("Project & upload")
 
 projects = list_projects()
@@ -45,7 +56,7 @@ def show_report(title: str, report) -> None:
 
 
 if st.button("Load demo data", help="Five kinds of clothing: 5 labeled examples each, 300 unlabeled"):
-    with st.spinner("Adding demo images…"):
+    with st.spinner("Adding demo images…"), saved_or_reported():
         labeled, unlabeled = load_demo(project)
     show_report("Labeled", labeled)
     show_report("Unlabeled", unlabeled)
@@ -63,17 +74,23 @@ with st.expander("Add labeled examples", expanded=not class_counts(project)):
     if st.button("Add labeled images", disabled=not labeled_files):
         files, problems = expand_uploads([(f.name, f.getvalue()) for f in labeled_files])
         csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
-        report = ingest(project, files, "labeled", csv_labels, typed_class.strip() or None)
+        with saved_or_reported():
+            report = ingest(project, files, "labeled", csv_labels, typed_class.strip() or None)
         report.problems = problems + csv_problems + report.problems
         show_report("Labeled", report)
 
 with st.expander("Add unlabeled images", expanded=not project.images("unlabeled")):
+    st.caption(
+        f"Many files or a zip (thousands of images), up to {st.get_option('server.maxUploadSize'):,} MB "
+        "per upload. Images stay on this machine."
+    )
     unlabeled_files = st.file_uploader(
         "Unlabeled images (files or zip)", accept_multiple_files=True, key="unlabeled_upload"
     )
     if st.button("Add unlabeled images", disabled=not unlabeled_files):
         files, problems = expand_uploads([(f.name, f.getvalue()) for f in unlabeled_files])
-        report = ingest(project, files, "unlabeled")
+        with saved_or_reported():
+            report = ingest(project, files, "unlabeled")
         report.problems = problems + report.problems
         show_report("Unlabeled", report)
 
@@ -86,8 +103,22 @@ if counts:
     for label in counts:
         examples = [i for i in project.images("labeled") if i.label == label][:8]
         st.caption(label)
-        st.image([str(i.path) for i in examples], width=64)
+        st.image([viewable(i.path) for i in examples], width=64)
 if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:
     st.page_link("pages/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")
+
+with st.expander("Delete this project"):
+    st.caption(
+        "Removes the project's images, labels, decisions and predictions from this machine, and "
+        "the cached embeddings of images no other project uses. This cannot be undone."
+    )
+    sure = st.checkbox(f"Yes, delete '{project.name}' and everything in it")
+    if st.button("Delete project", type="secondary", disabled=not sure):
+        with saved_or_reported():
+            close_project(project)
+            delete_project(project.name, embeddings=embedding_cache())
+        forget_current_project()
+        st.toast(f"Deleted project {project.name}.")
+        st.rerun()

@@ -33,6 +33,20 @@ def draw_shape(shape: str, rng: np.random.Generator, size: int = 28) -> Image.Im
     return image
 
 
+def gaussian_task(
+    ways: int = 3, shots: int = 2, unlabeled_per_class: int = 10, seed: int = 0, spread: float = 10
+):
+    """A tiny few-shot task in 8-d: class centres `spread` apart, unit noise. Returns centres,
+    support, support labels, unlabeled images and their (hidden) labels."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(ways, 8, generator=generator) * spread
+    support_labels = torch.arange(ways).repeat_interleave(shots)
+    support = centres[support_labels] + torch.randn(len(support_labels), 8, generator=generator)
+    unlabeled_labels = torch.arange(ways).repeat_interleave(unlabeled_per_class)
+    unlabeled = centres[unlabeled_labels] + torch.randn(len(unlabeled_labels), 8, generator=generator)
+    return centres, support, support_labels, unlabeled, unlabeled_labels
+
+
 @pytest.fixture
 def shape_folders(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     """support/<shape>/*.png (3 per class), unlabeled/*.png (5 per class) plus one corrupt file;
@@ -64,3 +78,14 @@ def tiny_models(tmp_path: Path) -> Path:
         card = {"method": method, "validation": {"x": {"accuracy": 0.5}}}
         save_model(Model(f"conv4-{method}", backbone, make_method(method), card), folder)
     return folder
+
+
+@pytest.fixture
+def refuse_outbound(tmp_path, monkeypatch):
+    """Every connection off the machine is refused and logged; the test fails if one was tried."""
+    from network_guard.sitecustomize import install
+
+    log = tmp_path / "network.log"
+    install(str(log), monkeypatch.setattr)
+    yield
+    assert not log.exists(), f"something tried to connect off the machine: {log.read_text()}"

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -17,3 +18,43 @@ def test_model_page_renders():
     app.switch_page("pages/model.py").run()
     assert not app.exception
     assert app.title[0].value == "The model"
+
+
+def test_with_a_password_every_page_asks_for_it_first(monkeypatch):
+    monkeypatch.setenv("MSSL_PASSWORD", "correct horse")
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert [t.value for t in app.title] == ["MSSL Label Assist"] and len(app.text_input) == 1
+    with pytest.raises(ValueError, match=r"Known pages: \[.Log in.\]"):  # no other page exists yet
+        app.switch_page("pages/model.py")
+    app.text_input[0].input("wrong")
+    app.button[0].click().run()
+    assert "Wrong password." in [e.value for e in app.error]
+    app.text_input[0].input("correct horse")
+    app.button[0].click().run()
+    assert not app.exception and app.title[0].value == "MSSL Label Assist" and not app.text_input
+    app.switch_page("pages/model.py").run()
+    assert not app.exception and app.title[0].value == "The model"
+
+
+def test_password_can_come_from_streamlit_secrets():
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.secrets["password"] = "s3cret"
+    app.run()
+    assert len(app.text_input) == 1 and app.text_input[0].label == "Password"
+
+
+def test_the_network_guard_refuses_and_records_an_outbound_connection(tmp_path, monkeypatch):
+    """The guard the privacy tests rely on really catches a connection attempt."""
+    import socket
+
+    from network_guard.sitecustomize import install
+
+    log = tmp_path / "network.log"
+    install(str(log), monkeypatch.setattr)
+    with pytest.raises(ConnectionRefusedError), socket.socket() as s:
+        s.connect(("192.0.2.1", 443))  # TEST-NET-1: never routed
+    assert "192.0.2.1" in log.read_text()
+    with socket.socket() as listener, socket.socket() as client:  # loopback stays allowed
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client.connect(listener.getsockname())

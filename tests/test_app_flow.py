@@ -1,5 +1,6 @@
 """The labeling flow page by page in AppTest: demo upload -> pseudo-label -> review -> export."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ def _button(app, label_start: str):
     return next(b for b in app.button if b.label.startswith(label_start))
 
 
+@pytest.mark.usefixtures("refuse_outbound")  # a full session, every byte stays on the machine
 def test_demo_pseudo_label_review_and_export(app):
     app.switch_page("pages/upload.py").run()
     _button(app, "Load demo data").click().run()
@@ -63,6 +65,7 @@ def test_demo_pseudo_label_review_and_export(app):
     assert f"**{25 + len(decisions)} images**" in app.markdown[0].value
 
 
+@pytest.mark.usefixtures("refuse_outbound")
 def test_upload_files_with_a_labels_csv_and_a_broken_file(app):
     app.switch_page("pages/upload.py").run()
     demo = Path(__file__).resolve().parents[1] / "assets" / "demo" / "labeled"
@@ -109,3 +112,34 @@ def test_decided_images_count_once_as_support_not_again_as_unlabeled(tmp_path, m
     second = pseudo_label_project(project, model, cache)
     assert fitted[-1] == (26, 299)  # the corrected image moved from the unlabeled batch to support
     assert len(second.prediction.labels) == 300  # yet every unlabeled image is still predicted
+
+
+def test_a_decision_that_cannot_be_saved_is_reported_not_a_traceback(app, monkeypatch):
+    app.switch_page("pages/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    app.switch_page("pages/pseudo_label.py").run()
+    app.selectbox[0].set_value("conv4").run()
+    _button(app, "Pseudo-label").click().run()
+    app.switch_page("pages/review.py").run()
+
+    def disk_full(self, *args, **kwargs):
+        # the class as the app imports it now (Streamlit may reload the app's modules)
+        error = sys.modules["mssl_core.store"].StorageError
+        raise error("Could not save the decision on image 1: the disk holding data is full.")
+
+    monkeypatch.setattr(store.LabelingProject, "decide", disk_full)
+    next(b for b in app.button if b.label in ("Accept", "Correct")).click().run()
+    assert not app.exception
+    assert any("disk holding data is full" in e.value for e in app.error)
+
+
+def test_deleting_the_project_from_the_upload_page(app):
+    app.switch_page("pages/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    delete = _button(app, "Delete project")
+    assert delete.disabled  # only after the confirmation box is ticked
+    next(c for c in app.checkbox if c.label.startswith("Yes, delete")).check().run()
+    _button(app, "Delete project").click().run()
+    assert not app.exception
+    assert store.list_projects() == []
+    assert "project" not in app.session_state

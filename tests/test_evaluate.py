@@ -20,8 +20,17 @@ def test_benchmark_rows_cover_every_model_and_baseline(tiny_models, monkeypatch)
         "logistic regression",
         "LabelSpreading",
         "conv4-protonet",
+        "conv4-protonet + self-training",
         "conv4-softkmeans",
+        "conv4-softkmeans (labeled only)",
     }
+    semi = {r["method"]: r["semi_supervised"] for r in rows}
+    assert semi["conv4-softkmeans"] and not semi["conv4-softkmeans (labeled only)"]
+    assert semi["conv4-protonet + self-training"] and not semi["conv4-protonet"]
+    # soft k-means without its unlabeled images is prototypical on the same episodes
+    for dataset in ("characters", "fashion-mnist"):
+        same = {r["method"]: r for r in rows if r["dataset"] == dataset}
+        assert same["conv4-softkmeans (labeled only)"]["seed"] == same["conv4-softkmeans"]["seed"]
     assert {r["dataset"] for r in rows} == {"characters", "fashion-mnist"}
     for row in rows:
         assert 0 <= row["accuracy"] <= 1 and row["ci95"] >= 0 and 0 <= row["ece"] <= 1
@@ -38,3 +47,14 @@ def test_quick_benchmark_does_not_touch_model_cards(tiny_models, monkeypatch):
     before = (tiny_models / "conv4-protonet.json").read_text()
     evaluate.run_benchmark(episodes=3, quick=True, folder=tiny_models, log=lambda _: None)
     assert (tiny_models / "conv4-protonet.json").read_text() == before
+
+
+def test_benchmark_in_parallel_gives_the_same_rows(tiny_models, monkeypatch):
+    monkeypatch.setattr(evaluate, "image_pool", _blob_pool)
+    kwargs = {"episodes": 3, "quick": True, "folder": tiny_models, "log": lambda _: None}
+    serial = evaluate.run_benchmark(**kwargs)
+    parallel = evaluate.run_benchmark(**kwargs, jobs=2)
+    drop = ("ms_per_episode",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
+        {k: v for k, v in r.items() if k not in drop} for r in parallel
+    ]

@@ -71,6 +71,8 @@ def test_ingest_reports_unreadable_unlabelled_and_duplicate_files(project):
     unlabeled = ingest(
         project, [UploadedFile("x.png", _png(1)), UploadedFile("nolabel.png", _png(9))], "unlabeled"
     )
-    assert unlabeled.added == 2 and unlabeled.duplicates == ["x.png is also in the labeled set"]
+    assert unlabeled.added == 1
+    assert unlabeled.duplicates == ["x.png is already labeled (a.png); not added to the batch"]
+    assert [i.name for i in project.images("unlabeled")] == ["nolabel.png"]
     missing = ingest(project, [UploadedFile("z.png", _png(7))], "labeled")
     assert missing.problems == [("z.png", "no class given (folder, CSV or typed name)")]

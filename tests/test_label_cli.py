@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from mssl_core.__main__ import main
-from mssl_core.checkpoints import MODELS_DIR, load_model
+from mssl_core.backbones import make_backbone
+from mssl_core.checkpoints import MODELS_DIR, Model, load_model, save_model
+from mssl_core.methods import make_method
+from mssl_core.train import SHIPPED_METHODS
 
 
 def _read(path: Path) -> list[dict]:
@@ -19,6 +22,17 @@ def test_checkpoint_round_trip(tiny_models):
     reference = torch.load(tiny_models / "conv4-softkmeans.pt", weights_only=True)
     for key, value in reference["backbone_state"].items():
         assert torch.equal(model.backbone.state_dict()[key], value)
+
+
+def test_checkpoint_round_trip_of_a_method_with_per_feature_weights(tmp_path):
+    backbone = make_backbone("conv4").eval()
+    method = make_method("matching", embedding_dim=backbone.embedding_dim)
+    with torch.no_grad():
+        method.f.weight.mul_(2)
+    save_model(Model("conv4-matching", backbone, method, {"method": "matching"}), tmp_path)
+    loaded = load_model("conv4-matching", tmp_path)
+    assert loaded.method.embedding_dim == backbone.embedding_dim == 64
+    assert torch.equal(loaded.method.f.weight, method.f.weight)
 
 
 def test_unknown_model_lists_what_is_available(tiny_models):
@@ -75,8 +89,10 @@ def test_label_cli_refuses_a_single_class(shape_folders, tiny_models, tmp_path):
         )
 
 
-def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path):
-    """The meta-trained model never saw shapes; from 3 examples each it should still sort them."""
+@pytest.mark.usefixtures("refuse_outbound")
+@pytest.mark.parametrize("method", SHIPPED_METHODS)
+def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path, method):
+    """The meta-trained models never saw shapes; from 3 examples each they should still sort them."""
     support, unlabeled, truth = shape_folders
     out = tmp_path / "predictions.csv"
     main(
@@ -89,7 +105,7 @@ def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path):
             "--out",
             str(out),
             "--method",
-            "softkmeans",
+            method,
             "--backbone",
             "conv4",
             "--models",
@@ -99,3 +115,15 @@ def test_shipped_model_labels_unseen_shapes(shape_folders, tmp_path):
     rows = [r for r in _read(out) if r["path"] in truth]
     accuracy = sum(r["label"] == truth[r["path"]] for r in rows) / len(rows)
     assert accuracy >= 0.8
+
+
+def test_label_cli_applies_self_training_when_asked(shape_folders, tmp_path, capsys):
+    support, unlabeled, truth = shape_folders
+    base = ["label", "--support", str(support), "--unlabeled", str(unlabeled), "--backbone", "conv4"]
+    base += ["--method", "protonet"]
+    main([*base, "--out", str(tmp_path / "plain.csv")])
+    main([*base, "--out", str(tmp_path / "self.csv"), "--pseudo-label-rounds", "2", "--entropy-weight", "0.1"])
+    plain, self_trained = _read(tmp_path / "plain.csv"), _read(tmp_path / "self.csv")
+    assert [r["path"] for r in plain] == [r["path"] for r in self_trained]
+    # the extra examples change the adapted model, so the reported confidences move
+    assert any(a["confidence"] != b["confidence"] for a, b in zip(plain, self_trained, strict=True))

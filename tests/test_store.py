@@ -16,7 +16,8 @@ def test_images_are_deduplicated_by_content_per_role():
     assert new and not new_again and new_labeled
     assert again.id == first.id and as_labeled.id != first.id
     assert first.path.read_bytes() == b"abc"
-    assert [i.name for i in project.images("unlabeled")] == ["a.png"]
+    assert [i.name for i in project.images("labeled")] == ["a.png"]
+    assert project.images("unlabeled") == []  # a labeled image is no longer part of the batch
 
 
 def test_decisions_survive_reopening_and_form_an_audit_trail():
@@ -55,3 +56,66 @@ def test_list_open_and_delete_projects():
     assert store.list_projects() == ["beta"]
     with pytest.raises(ValueError, match="no letters"):
         store.slugify("  ***  ")
+
+
+def _project_with_a_decision():
+    project = store.open_project("full")
+    image, _ = project.add_image(b"\x89PNG fake bytes", "a.png", "unlabeled")
+    project.decide(image.id, "accept", "cat")
+    return project, image
+
+
+def test_a_full_disk_is_reported_and_the_saved_state_survives():
+    project, image = _project_with_a_decision()
+    pages = project.db.execute("PRAGMA page_count").fetchone()[0]
+    project.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own "disk full"
+    with pytest.raises(store.StorageError, match="Could not save .* is full.*Nothing was lost"):
+        for _ in range(2000):
+            project.decide(image.id, "correct", "dog" * 100)
+    project.close()
+    reopened = store.open_project("full", create=False)
+    assert reopened.current_decisions()[image.id][0] in ("accept", "correct")
+    assert reopened.audit_trail()[0]["label"] == "cat"
+
+
+def test_a_read_only_project_is_reported_and_nothing_changes():
+    project, image = _project_with_a_decision()
+    project.db.execute("PRAGMA query_only = ON")  # as a read-only folder or mount behaves
+    with pytest.raises(store.StorageError, match="read-only"):
+        project.decide(image.id, "skip")
+    with pytest.raises(store.StorageError, match="read-only"):
+        project.set_setting("method", "protonet")
+    assert project.current_decisions() == {image.id: ("accept", "cat")}
+
+
+def test_an_image_that_cannot_be_written_leaves_no_partial_file_or_row(monkeypatch):
+    project, _ = _project_with_a_decision()
+
+    def no_space(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.Path, "write_bytes", no_space)
+    with pytest.raises(store.StorageError, match="Could not save image b.png: the disk .* is full"):
+        project.add_image(b"other bytes", "b.png", "unlabeled")
+    assert [i.name for i in project.images()] == ["a.png"]
+    assert not list(project.images_dir.glob("*.part"))
+
+
+def test_deleting_a_project_removes_its_files_rows_and_unshared_embeddings(tmp_path):
+    import numpy as np
+
+    from mssl_core.embedding_cache import EmbeddingCache
+
+    doomed, keeper = store.open_project("doomed"), store.open_project("keeper")
+    mine, _ = doomed.add_image(b"only in doomed", "a.png", "unlabeled")
+    shared, _ = doomed.add_image(b"in both", "b.png", "labeled", "cat")
+    keeper.add_image(b"in both", "b.png", "unlabeled")
+    doomed.decide(mine.id, "skip")
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    cache.put_many("conv4:x", {mine.sha256: np.ones(4), shared.sha256: np.zeros(4)})
+    folder = doomed.folder
+    doomed.close()
+    store.delete_project("doomed", embeddings=cache)
+    assert not folder.exists() and store.list_projects() == ["keeper"]
+    assert set(cache.get_many("conv4:x", [mine.sha256, shared.sha256])) == {shared.sha256}
+    assert [i.name for i in keeper.images()] == ["b.png"]

@@ -22,6 +22,9 @@ from mssl_core.data.paths import cache_dir, npm_modules_dir
 SPLIT_SEED = 2018
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 IMAGE_SIZE = 28
+RENDER_VERSION = 2  # part of the cache name: changing how samples are drawn re-renders them
+STROKE_SHIFT = 0.03  # per-stroke displacement (fraction of the image)
+STROKE_DROP = 0.04  # chance that a writer leaves out a stroke (characters of 3+ strokes)
 _CANVAS = 4 * IMAGE_SIZE  # draw large, then downsample with antialiasing
 
 
@@ -55,10 +58,12 @@ def split_classes(n_classes: int) -> dict[str, np.ndarray]:
 
 
 def render_character(medians: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """One handwritten-looking sample of a character given its stroke centre-lines."""
-    angle = rng.uniform(-0.2, 0.2)
-    scale = rng.uniform(0.75, 1.05, size=2)
-    shear = rng.uniform(-0.25, 0.25)
+    """One handwritten-looking sample of a character given its stroke centre-lines: a global
+    affine (slant, size, position), then per stroke what differs between writers — where the
+    stroke is placed, a wobble along it, and now and then a stroke left out."""
+    angle = rng.uniform(-0.3, 0.3)
+    scale = rng.uniform(0.7, 1.1, size=2)
+    shear = rng.uniform(-0.35, 0.35)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     affine = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag(scale)
     shift = rng.uniform(-0.08, 0.08, size=2)
@@ -66,10 +71,14 @@ def render_character(medians: list[np.ndarray], rng: np.random.Generator) -> np.
 
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     draw = ImageDraw.Draw(canvas)
-    for stroke in medians:
+    dropped = rng.random(len(medians)) < STROKE_DROP if len(medians) > 2 else np.zeros(len(medians), bool)
+    for stroke, drop in zip(medians, dropped, strict=True):
+        if drop:
+            continue
         # Grid units -> centred unit square, with y flipped (hanzi-writer's y axis points up).
         points = np.stack([stroke[:, 0] / 1024 - 0.5, (900 - stroke[:, 1]) / 1024 - 0.5], axis=1)
-        points = points + rng.normal(0, 0.012, size=points.shape)
+        wobble = np.cumsum(rng.normal(0, 0.01, size=points.shape), axis=0)
+        points = points + rng.normal(0, STROKE_SHIFT, size=2) + wobble - wobble.mean(0)
         points = points @ affine.T + shift
         pixels = (points + 0.5) * _CANVAS
         draw.line([tuple(p) for p in pixels], fill=255, width=int(pen), joint="curve")
@@ -91,7 +100,7 @@ def load_characters(split: str, n_per_class: int = 20, workers: int = 2) -> Char
     """Rendered samples of every class in `split`, cached on disk after the first call."""
     files = character_files()
     classes = split_classes(len(files))[split]
-    cache = cache_dir() / f"characters-{split}-{n_per_class}-seed{SPLIT_SEED}.npz"
+    cache = cache_dir() / f"characters-v{RENDER_VERSION}-{split}-{n_per_class}-seed{SPLIT_SEED}.npz"
     if cache.exists():
         stored = np.load(cache)
         return CharacterCorpus(stored["images"], list(stored["characters"]))

@@ -3,8 +3,13 @@
 from mssl_core.methods import (  # noqa: F401  (importing registers each method)
     label_spreading,
     logreg,
+    maml,
     masked_softkmeans,
+    matching,
+    memory,
+    propagation,
     protonet,
+    siamese,
     softkmeans,
 )
 from mssl_core.methods.base import METHODS, Method, make_method

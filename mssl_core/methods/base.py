@@ -19,22 +19,51 @@ class Method(Protocol):
     def predict_proba(self, x: Tensor) -> Tensor: ...
 
 
-class MetricMethod(nn.Module):
-    """Base of methods that score by negative squared distance to per-class prototypes.
+class FewShotMethod(nn.Module):
+    """Base of the meta-trained methods: `fit` stores a task state, `logits` is differentiable,
+    so meta-training drives exactly the `fit` / `predict_proba` path the app runs.
 
-    `fit` stores prototypes; `logits` is differentiable so meta-training drives exactly the
-    `fit` / `predict_proba` path the app runs. `temperature` is fitted after meta-training on
-    validation classes (see calibration.py) so that confidences mean what they say.
+    `temperature` is fitted after meta-training on validation classes (see calibration.py) so
+    that confidences mean what they say. `task_parameters` are the tensors `fit` produced that
+    ssl.py may fine-tune on the unlabeled images (entropy, consistency).
     """
 
     name = ""
+    family = ""  # metric-based, model-based or optimization-based meta-learning
     description = ""
     meta_trained = True
     uses_unlabeled = False
+    per_dimension = False  # True: __init__ takes `embedding_dim` (weights per feature)
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("temperature", torch.tensor(1.0))
+
+    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> FewShotMethod:
+        raise NotImplementedError
+
+    def logits(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.logits(x) / self.temperature, dim=1)
+
+    def meta_loss(self, query: Tensor, query_labels: Tensor) -> Tensor:
+        """The episodic training loss on the queries (cross-entropy unless a method says otherwise)."""
+        return nn.functional.cross_entropy(self.logits(query), query_labels)
+
+    def task_parameters(self) -> list[Tensor]:
+        return []
+
+    def set_task_parameters(self, tensors: list[Tensor]) -> None:
+        """Replace the tensors `task_parameters` returned (same order)."""
+
+
+class MetricMethod(FewShotMethod):
+    """Methods that score by negative squared distance to per-class prototypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.prototypes: Tensor | None = None
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> MetricMethod:
@@ -49,8 +78,11 @@ class MetricMethod(nn.Module):
             raise RuntimeError(f"{self.name}: call fit() before predicting")
         return -torch.cdist(x, self.prototypes).pow(2)
 
-    def predict_proba(self, x: Tensor) -> Tensor:
-        return torch.softmax(self.logits(x) / self.temperature, dim=1)
+    def task_parameters(self) -> list[Tensor]:
+        return [self.prototypes]
+
+    def set_task_parameters(self, tensors: list[Tensor]) -> None:
+        (self.prototypes,) = tensors
 
 
 def class_means(support: Tensor, support_labels: Tensor) -> Tensor:
@@ -68,8 +100,11 @@ def register(cls: type) -> type:
     return cls
 
 
-def make_method(name: str, **kwargs) -> Method:
-    """A fresh method by registered name."""
+def make_method(name: str, embedding_dim: int | None = None, **kwargs) -> Method:
+    """A fresh method by registered name; `embedding_dim` reaches the methods that need it."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name](**kwargs)
+    cls = METHODS[name]
+    if embedding_dim is not None and getattr(cls, "per_dimension", False):
+        kwargs["embedding_dim"] = embedding_dim
+    return cls(**kwargs)

@@ -19,6 +19,7 @@ class LabelSpreadingBaseline:
     """
 
     name = "label-spreading"
+    family = "baseline"
     description = "Baseline: spreads labels to similar images through a neighbour graph."
     meta_trained = False
     uses_unlabeled = True

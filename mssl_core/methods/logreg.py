@@ -16,6 +16,7 @@ class LogisticRegressionBaseline:
     """Supervised linear classifier; not meta-trained."""
 
     name = "logreg"
+    family = "baseline"
     description = "Baseline: a linear classifier trained on the labeled examples only."
     meta_trained = False
     uses_unlabeled = False

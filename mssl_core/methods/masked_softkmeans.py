@@ -31,6 +31,7 @@ class MaskedSoftKMeans(SoftKMeans):
     """Soft k-means whose unlabeled assignments pass through a meta-learned soft mask."""
 
     name = "masked-softkmeans"
+    family = "metric-based"
     description = "Learns from the unlabeled batch but ignores images that fit no class (robust to junk)."
     uses_unlabeled = True
 

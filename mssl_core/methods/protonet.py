@@ -12,6 +12,7 @@ class ProtoNet(MetricMethod):
     """Supervised: unlabeled images are ignored."""
 
     name = "protonet"
+    family = "metric-based"
     description = "Compares each image with the average of each class's examples (uses labeled images only)."
 
     def compute_prototypes(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> Tensor:

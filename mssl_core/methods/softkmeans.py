@@ -31,6 +31,7 @@ class SoftKMeans(MetricMethod):
     """Semi-supervised prototypes; with no unlabeled images it is exactly prototypical."""
 
     name = "softkmeans"
+    family = "metric-based"
     description = "Also learns from the unlabeled batch: class centres move towards the groups it forms."
     uses_unlabeled = True
 

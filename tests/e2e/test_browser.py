@@ -36,8 +36,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MSSL_DATA_DIR": str(data_dir)}
+NETWORK_GUARD = REPO / "tests" / "network_guard"  # its sitecustomize refuses outbound connections
+
+
+def _start_server(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen:
+    """The app as the README starts it, with every connection off the machine refused and
+    logged to `network.log` beside the data folder (tests assert it stays empty)."""
+    env = {
+        **os.environ,
+        **extra_env,
+        "MSSL_DATA_DIR": str(data_dir),
+        "MSSL_NETWORK_LOG": str(data_dir.parent / "network.log"),
+        "PYTHONPATH": os.pathsep.join([str(NETWORK_GUARD), os.environ.get("PYTHONPATH", "")]),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true"],
@@ -60,6 +71,12 @@ def server(tmp_path):
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=20)
+    _assert_nothing_went_out(tmp_path)
+
+
+def _assert_nothing_went_out(folder: Path) -> None:
+    log = folder / "network.log"
+    assert not log.exists(), f"the app tried to connect off the machine: {log.read_text()}"
 
 
 def _wait_for_images(page) -> None:
@@ -149,6 +166,15 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         _go(page, "Explore")
         expect(page.locator(".js-plotly-plot").first).to_be_visible()
         _shot(page, shots / "4-explore.png")
+        # hovering a point of the map shows that image and its file name
+        _wait_until_idle(page)
+        point = page.locator(".js-plotly-plot .scatterlayer .point").first.bounding_box()
+        page.mouse.move(point["x"] + point["width"] / 2, point["y"] + point["height"] / 2)
+        tooltip = page.locator("#mssl-hover-thumbnail")
+        expect(tooltip.locator("img")).to_be_visible()
+        assert tooltip.locator("img").evaluate("i => i.complete && i.naturalWidth > 0")
+        assert tooltip.inner_text().strip().endswith(".png")
+        page.screenshot(path=shots / "4-explore-hover.png")
         _go(page, "Model")
         expect(page.get_by_text("Recommended method")).to_be_visible()
         _shot(page, shots / "6-model.png")
@@ -196,14 +222,47 @@ def test_review_is_shared_across_sessions_and_survives_a_killed_server(tmp_path,
         other = browser.new_context().new_page()
         other.goto(f"http://127.0.0.1:{port}/review?project=restart")
         expect(other.get_by_text("4 of 300 reviewed")).to_be_visible()
+        _wait_until_idle(other)  # ... and its own decision is not lost beside the first one's
+        other.get_by_role("button", name="Skip", exact=True).first.click()
+        expect(other.get_by_text("5 of 300 reviewed")).to_be_visible()
         first.kill()  # SIGKILL: no shutdown hooks run
         first.wait(timeout=20)
         second = _start_server(data, port)
         try:
             page.goto(f"http://127.0.0.1:{port}/review?project=restart")
-            expect(page.get_by_text("4 of 300 reviewed")).to_be_visible()
+            expect(page.get_by_text("5 of 300 reviewed")).to_be_visible()
         finally:
             browser.close()
             second.terminate()
             second.wait(timeout=20)
-    assert len(store.open_project("restart", create=False).current_decisions()) == 4
+    recovered = store.open_project("restart", create=False)
+    assert len(recovered.current_decisions()) == 5  # every confirmed decision survived
+    sessions = {entry["session"] for entry in recovered.audit_trail()} - {"setup"}
+    assert len(sessions) == 2 and all(s.startswith("review ") for s in sessions)  # both tabs
+    _assert_nothing_went_out(tmp_path)
+
+
+def test_with_a_password_no_page_opens_without_it(tmp_path):
+    port = _free_port()
+    process = _start_server(tmp_path / "data", port, MSSL_PASSWORD="correct horse")
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            expect = playwright.expect
+            expect.set_options(timeout=120_000)
+            page.goto(f"http://127.0.0.1:{port}/model")  # a deep link is no way around it
+            expect(page.get_by_label("Password", exact=True)).to_be_visible()
+            expect(page.get_by_role("heading", name="The model")).to_have_count(0)
+            page.get_by_label("Password", exact=True).fill("wrong")
+            page.get_by_role("button", name="Open").click()
+            expect(page.get_by_text("Wrong password.")).to_be_visible()
+            page.get_by_label("Password", exact=True).fill("correct horse")
+            page.get_by_role("button", name="Open").click()
+            _go(page, "Model")
+            expect(page.get_by_role("heading", name="The model")).to_be_visible()
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    _assert_nothing_went_out(tmp_path)

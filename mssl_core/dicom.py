@@ -1,0 +1,64 @@
+"""DICOM images (pydicom): the pixels as a radiologist's viewer shows them — modality LUT
+(rescale to physical units), then the VOI LUT or window the file specifies, MONOCHROME1
+inverted so that bright means dense — scaled to 8 bits. Only the pixels leave this module:
+patient identifiers are never read into messages, logs or exports."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+DICOM_MAGIC_OFFSET = 128  # a 128-byte preamble, then "DICM"
+
+
+def is_dicom(head: bytes) -> bool:
+    """True when the first bytes of a file are a DICOM Part 10 header."""
+    return head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+class DicomError(ValueError):
+    """A DICOM file whose pixels cannot be used; the message names no patient data."""
+
+
+def decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
+    """The first frame of a DICOM file as an 8-bit grayscale or RGB image."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except Exception:  # pydicom raises many types for a damaged header
+        raise DicomError("a damaged DICOM file (its header cannot be read)") from None
+    if "PixelData" not in dataset:
+        raise DicomError("a DICOM file without an image (no pixel data)")
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    if rows * columns > max_pixels:
+        raise DicomError(f"{columns} x {rows} pixels is larger than the {max_pixels:,}-pixel limit")
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    try:
+        pixels = dataset.pixel_array
+    except Exception:
+        name = getattr(syntax, "name", str(syntax))
+        raise DicomError(
+            f"DICOM compressed as '{name}', which cannot be decoded here; export it uncompressed"
+        ) from None
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        pixels = pixels[0]
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if int(dataset.get("SamplesPerPixel", 1)) == 3:
+        if photometric.startswith("YBR") and not (syntax and syntax.is_compressed):
+            pixels = convert_color_space(pixels, photometric, "RGB")
+        return Image.fromarray(_to_uint8(pixels.astype(np.float64)), "RGB")
+    values = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
+    image = _to_uint8(values)
+    if photometric == "MONOCHROME1":  # low values are bright in MONOCHROME1
+        image = 255 - image
+    return Image.fromarray(image, "L")
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return ((values - low) / max(high - low, 1e-9) * 255).round().astype(np.uint8)

@@ -1,0 +1,64 @@
+"""Markdown summaries of a saved benchmark (`docs/benchmark.json`) for the README, and the full
+plain-text table (`docs/benchmark.txt`):
+
+    python -m mssl_core evaluate --jobs 2 --json > docs/benchmark.json
+    PYTHONPATH=. python scripts/benchmark_tables.py docs/benchmark.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mssl_core.evaluate import format_table
+
+
+def cell(row: dict | None) -> str:
+    return "" if row is None else f"{row['accuracy'] * 100:.2f} ± {row['ci95'] * 100:.2f}"
+
+
+def markdown(rows: list[dict], backbone_for: dict[str, str]) -> str:
+    """Rows: baselines, then every method as "labeled only → with the unlabeled images";
+    columns: the settings (characters on Conv-4, real sets on the backbone given)."""
+    settings = list(dict.fromkeys((r["dataset"], r["setting"]) for r in rows))
+    methods = list(dict.fromkeys(r["method"].split(" ")[0].split("-", 1)[1] for r in rows if r["train_s"]))
+
+    def find(dataset: str, setting: str, name: str) -> dict | None:
+        backbone = backbone_for.get(dataset, "conv4")
+        full = name.replace("BACKBONE", backbone)
+        return next(
+            (r for r in rows if (r["dataset"], r["setting"], r["method"]) == (dataset, setting, full)
+             and r["backbone"] in (backbone, "pixels")),
+            None,
+        )  # fmt: skip
+
+    def short(dataset: str, setting: str) -> str:
+        setting = setting.replace(" unlabeled/class", " unl.").replace(" distractor classes", " distr.")
+        return f"{dataset} {setting}"
+
+    header = ["method"] + [short(*key) for key in settings]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for baseline in ("nearest centroid", "logistic regression", "LabelSpreading"):
+        lines.append("| " + " | ".join([baseline] + [cell(find(d, s, baseline)) for d, s in settings]) + " |")
+    for method in methods:
+        cells = [method]
+        for dataset, setting in settings:
+            plain = find(dataset, setting, f"BACKBONE-{method} (labeled only)") or find(
+                dataset, setting, f"BACKBONE-{method}"
+            )
+            semi = (
+                find(dataset, setting, f"BACKBONE-{method} + self-training")
+                if plain and plain["method"].endswith(method)
+                else find(dataset, setting, f"BACKBONE-{method}")
+            )
+            cells.append(f"{cell(plain)} → **{cell(semi)}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json")
+    rows = json.loads(path.read_text())
+    path.with_suffix(".txt").write_text(format_table(rows) + "\n")
+    print(markdown(rows, {"fashion-mnist": "mobilenetv2"}))
