@@ -8,7 +8,9 @@ calibration error (ECE) of the reported confidence.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +25,7 @@ from mssl_core.backbones import PixelBackbone
 from mssl_core.checkpoints import MODELS_DIR, available_models, load_model
 from mssl_core.data import characters
 from mssl_core.data.episodes import EpisodeSpec
+from mssl_core.data.paths import cache_dir
 from mssl_core.data.real import as_class_pool, load_fashion_mnist, load_mnist
 from mssl_core.episodic import run_episodes
 from mssl_core.labeling import embed_images, record_default_in_cards
@@ -82,6 +85,7 @@ class Candidate:
 
     name: str
     backbone_name: str
+    backbone_key: str  # identifies the embeddings: backbone name and checkpoint fingerprint
     backbone: object
     method: object
     use_unlabeled: bool = True
@@ -92,18 +96,41 @@ class Candidate:
         return self.use_unlabeled and getattr(self.method, "uses_unlabeled", False)
 
 
+def cached_pool(dataset: str, backbone_key: str, backbone, images: np.ndarray) -> Tensor:
+    """`embed_pool`, kept on disk per (dataset, checkpoint): every setting of a dataset and every
+    worker process reuses it instead of embedding the same tens of thousands of images again."""
+    content = hashlib.sha1(images.tobytes()).hexdigest()[:12]
+    path = cache_dir() / "pools" / f"{dataset}-{backbone_key.replace(':', '-')}-{content}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    pool = embed_pool(backbone, images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(pool.clone(), partial)
+    partial.replace(path)
+    return pool
+
+
 def candidates(models: dict, dataset: str) -> list[Candidate]:
     """The baselines, then every shipped model without and with its semi-supervised extension
     (its own use of the unlabeled images; ssl.py's self-training for prototypical networks)."""
-    rows = [Candidate("nearest centroid", "pixels", PixelBackbone(), make_method("protonet"))]
+    rows = [Candidate("nearest centroid", "pixels", "pixels", PixelBackbone(), make_method("protonet"))]
     backbones = sorted({m.backbone.name for m in models.values()})
     if dataset == "characters":  # MobileNetV2 is for photos; Conv-4 was meta-trained on these
         backbones = [b for b in backbones if b == "conv4"] or backbones
     for backbone_name in backbones:
-        proto = models[f"{backbone_name}-protonet"].backbone
+        proto = models[f"{backbone_name}-protonet"]
         rows += [
-            Candidate("logistic regression", backbone_name, proto, make_method("logreg")),
-            Candidate("LabelSpreading", backbone_name, proto, make_method("label-spreading")),
+            Candidate(
+                "logistic regression", backbone_name, proto.backbone_key, proto.backbone, make_method("logreg")
+            ),
+            Candidate(
+                "LabelSpreading",
+                backbone_name,
+                proto.backbone_key,
+                proto.backbone,
+                make_method("label-spreading"),
+            ),
         ]
         for name, model in models.items():
             if model.backbone.name != backbone_name:
@@ -116,9 +143,10 @@ def candidates(models: dict, dataset: str) -> list[Candidate]:
             else:
                 labeled_only, semi = name, f"{name} + self-training"
                 semi_method = with_ssl(model.method, SELF_TRAINING)
+            key = model.backbone_key
             rows += [
-                Candidate(labeled_only, backbone_name, model.backbone, model.method, False, train_s),
-                Candidate(semi, backbone_name, model.backbone, semi_method, True, train_s),
+                Candidate(labeled_only, backbone_name, key, model.backbone, model.method, False, train_s),
+                Candidate(semi, backbone_name, key, model.backbone, semi_method, True, train_s),
             ]
     return rows
 
@@ -130,14 +158,11 @@ def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODEL
     images = image_pool(setting.dataset)
     n_classes, n_per_class = images.shape[:2]
     episode_seed = seed * 1000 + index
-    pools: dict[int, Tensor] = {}  # id(backbone) -> embedded pool
     rows = []
     for candidate in candidates(models, setting.dataset):
-        if id(candidate.backbone) not in pools:
-            pools[id(candidate.backbone)] = embed_pool(candidate.backbone, images)
         result = run_episodes(
             candidate.method,
-            pools[id(candidate.backbone)],
+            cached_pool(setting.dataset, candidate.backbone_key, candidate.backbone, images),
             n_classes,
             n_per_class,
             setting.spec,
@@ -193,7 +218,12 @@ def run_benchmark(
 ) -> list[dict]:
     """All rows of the benchmark as dicts (see module docstring); `jobs` settings at a time."""
     indices = range(len(settings(quick)))
-    if jobs > 1:
+    if jobs > 1:  # embed every pool once, here, so the workers only load them
+        models = {name: load_model(name, folder) for name in available_models(folder)}
+        for dataset in dict.fromkeys(s.dataset for s in settings(quick)):
+            images = image_pool(dataset)
+            for candidate in candidates(models, dataset):
+                cached_pool(dataset, candidate.backbone_key, candidate.backbone, images)
         with ProcessPoolExecutor(jobs) as pool:
             work = [(i, episodes, seed, quick, folder) for i in indices]
             per_setting = list(pool.map(_setting_rows_in_worker, work))

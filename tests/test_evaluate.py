@@ -1,4 +1,6 @@
 import numpy as np
+import pytest
+import torch
 
 from mssl_core import evaluate
 
@@ -9,6 +11,11 @@ def _blob_pool(dataset: str) -> np.ndarray:
     patterns = rng.uniform(0, 255, size=(6, 1, 28, 28))
     noisy = patterns + rng.normal(0, 40, size=(6, 40, 28, 28))
     return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def _pool_cache_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "cache_dir", lambda: tmp_path / "cache")
 
 
 def test_benchmark_rows_cover_every_model_and_baseline(tiny_models, monkeypatch):
@@ -58,3 +65,16 @@ def test_benchmark_in_parallel_gives_the_same_rows(tiny_models, monkeypatch):
     assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
         {k: v for k, v in r.items() if k not in drop} for r in parallel
     ]
+
+
+def test_embedded_pools_are_cached_on_disk_by_checkpoint_and_content(tiny_models, tmp_path):
+    from mssl_core.checkpoints import load_model
+
+    model = load_model("conv4-protonet", tiny_models)
+    images = _blob_pool("characters")
+    first = evaluate.cached_pool("characters", model.backbone_key, model.backbone, images)
+    assert len(list((tmp_path / "cache" / "pools").iterdir())) == 1
+    again = evaluate.cached_pool("characters", model.backbone_key, None, images)  # no backbone needed
+    assert torch.equal(first, again)
+    other = evaluate.cached_pool("characters", model.backbone_key, model.backbone, images[:, :20])
+    assert other.shape[0] == 6 * 20 and len(list((tmp_path / "cache" / "pools").iterdir())) == 2
