@@ -143,3 +143,27 @@ def test_maml_meta_gradient_is_second_order_unless_asked_otherwise():
     # second-order gradient also differentiates the inner gradients themselves.
     assert gradients[False] != 0 and gradients[True] != 0
     assert not torch.isclose(gradients[False], gradients[True])
+
+
+def test_propagation_on_large_batches_iterates_over_knn_lists_with_the_same_answers(monkeypatch):
+    from mssl_core.methods import propagation
+
+    _, support, labels, unlabeled, unlabeled_labels = gaussian_task(ways=4, shots=1, unlabeled_per_class=60)
+    exact = make_method("propagation").fit(support, labels, unlabeled).predict_proba(unlabeled)
+    monkeypatch.setattr(propagation, "DENSE_LIMIT", 10)  # force the large-batch path
+    monkeypatch.setattr(propagation, "CHUNK", 64)
+    listed = make_method("propagation").fit(support, labels, unlabeled).predict_proba(unlabeled)
+    assert (listed.argmax(1) == exact.argmax(1)).float().mean() > 0.95
+    assert (listed.argmax(1) == unlabeled_labels).float().mean() > 0.95
+
+
+def test_propagation_labels_twenty_thousand_images_without_an_n_by_n_matrix():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=generator) * 8
+    truth = torch.randint(0, 5, (20_000,), generator=generator)
+    batch = centres[truth] + torch.randn(20_000, 16, generator=generator)
+    support_labels = torch.arange(5)
+    support = centres + torch.randn(5, 16, generator=generator)
+    with torch.no_grad():
+        proba = make_method("propagation").fit(support, support_labels, batch).predict_proba(batch)
+    assert proba.shape == (20_000, 5) and (proba.argmax(1) == truth).float().mean() > 0.95
