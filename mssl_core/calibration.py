@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+LOO_UNLABELED = 500  # unlabeled images used by the leave-one-out refits
 MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwise drive T to 0
 
 
@@ -65,6 +66,10 @@ def leave_one_out_temperature(
     counts = torch.bincount(support_labels)
     if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "logits"):
         return None
+    if unlabeled is not None and len(unlabeled) > LOO_UNLABELED:
+        # one refit per labeled image: a fixed sample of the batch keeps that cheap at 10,000+
+        keep = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))[:LOO_UNLABELED]
+        unlabeled = unlabeled[keep]
     logits = []
     with torch.no_grad():
         for i in range(len(support)):
