@@ -19,6 +19,8 @@ from pages.common import (
     viewable,
 )
 
+HOVER_THUMBNAILS_UP_TO = 3000  # thumbnails are made once per batch; beyond this, click instead
+
 require_unlocked()
 st.title("Explore")
 project = require_project()
@@ -74,7 +76,10 @@ with left:
     event = st.plotly_chart(
         figure, on_select="rerun", selection_mode=("points", "lasso", "box"), key="map", width="stretch"
     )
-hover_thumbnails(thumbnails([(i.id, str(i.path), i.name) for i in result.images]))
+if len(result.images) <= HOVER_THUMBNAILS_UP_TO:
+    hover_thumbnails(thumbnails([(i.id, str(i.path), i.name) for i in result.images]))
+else:
+    st.caption(f"Hovering shows images for batches of up to {HOVER_THUMBNAILS_UP_TO:,}; click a point instead.")
 with right:
     st.plotly_chart(
         px.histogram(frame, x="confidence", nbins=20, title="Confidence", height=260), width="stretch"

@@ -10,6 +10,7 @@ import json
 import re
 import zipfile
 
+import numpy as np
 import pytest
 from broken_inputs import PATIENT_ID, PATIENT_NAME, Case, cases, dicom, encoded
 
@@ -146,10 +147,10 @@ def test_label_csv_problems_are_named(project):
 
 
 def test_patient_identifiers_stay_out_of_exports(project):
-    scan = dicom(__import__("numpy").tile(range(32), (32, 1)) * 50)
+    scan = dicom(np.tile(range(32), (32, 1)) * 50)
     assert PATIENT_NAME.encode() in scan  # the file really carries them
     ingest(project, [UploadedFile("scan.dcm", scan, "ct")], "labeled")
-    ingest(project, [UploadedFile("other.dcm", dicom(__import__("numpy").eye(32) * 900), None)], "unlabeled")
+    ingest(project, [UploadedFile("other.dcm", dicom(np.eye(32) * 900), None)], "unlabeled")
     rows = export_rows(project, include_pseudo_labels=False)
     archive = zipfile.ZipFile(io.BytesIO(to_class_folders_zip(rows)))
     assert archive.namelist() == ["ct/scan.png"]

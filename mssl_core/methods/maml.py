@@ -63,7 +63,7 @@ class MAML(FewShotMethod):
         second_order = self.training and not self.first_order and torch.is_grad_enabled()
         step_size = self.log_step_size.exp()
         with torch.enable_grad():  # adaptation needs gradients even when predicting
-            if not torch.is_grad_enabled() or not second_order:
+            if not second_order:
                 head = tuple(t.detach().requires_grad_(True) for t in head)
             for _ in range(self.steps):
                 gradients = grad(self.inner_loss)(head, support, support_labels, unlabeled, generator)
