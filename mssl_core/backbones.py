@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_ONNX_SESSIONS: dict = {}  # exported feature extractor -> onnxruntime session, one per process
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -154,20 +155,22 @@ class MobileNetV2Backbone(Backbone):
         None when onnxruntime is missing or MSSL_INFERENCE=torch."""
         if os.environ.get("MSSL_INFERENCE", "onnxruntime") == "torch":
             return None
-        if getattr(self, "_session", None) is None:
-            try:
-                import onnxruntime
-            except ImportError:
-                return None
-            from mssl_core.data.paths import cache_dir
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        from mssl_core.data.paths import cache_dir
 
-            path = cache_dir() / f"mobilenetv2-features-{self.image_size}px-torch{torch.__version__}.onnx"
+        path = cache_dir() / f"mobilenetv2-features-{self.image_size}px-torch{torch.__version__}.onnx"
+        if path not in _ONNX_SESSIONS:  # the frozen features are the same for every checkpoint
             if not path.exists():
                 self._export_onnx(path)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return self._session
+            _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        return _ONNX_SESSIONS[path]
 
     def _export_onnx(self, path) -> None:
         features = _FrozenFeatures(self)
