@@ -1,4 +1,4 @@
-"""Command line: `python -m mssl_core {label,train,evaluate} ...` (see README.md)."""
+"""Command line: `python -m mssl_core {label,train,evaluate,bench} ...` (see README.md)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from mssl_core.bench import format_bench, run_bench
+
+    results = run_bench(
+        label_sizes=tuple(args.label_sizes),
+        readapt_sizes=tuple(args.readapt_sizes),
+        repeats=args.repeats,
+        threads=args.threads,
+        log=_stderr,
+    )
+    print(json.dumps(results, indent=2) if args.json else format_bench(results))
+    return 0
+
+
 def _label(args: argparse.Namespace) -> int:
+    from mssl_core.embedding_cache import EmbeddingCache
     from mssl_core.labeling import label_folders, write_predictions_csv
     from mssl_core.ssl import SSLOptions
 
@@ -51,22 +66,62 @@ def _label(args: argparse.Namespace) -> int:
         entropy_weight=args.entropy_weight,
         consistency_weight=args.consistency_weight,
     )
-    result = label_folders(
-        Path(args.support),
-        Path(args.unlabeled),
-        method=args.method,
-        backbone=args.backbone,
-        folder=Path(args.models),
-        log=_stderr,
-        ssl=ssl,
-    )
-    write_predictions_csv(result, Path(args.out))
-    failed = sum(1 for row in result.rows if row.error)
+    if args.ray:
+        from mssl_core.ray_labeling import label_folders_on_ray, shutdown
+
+        try:
+            summary = label_folders_on_ray(
+                Path(args.support),
+                Path(args.unlabeled),
+                Path(args.out),
+                args.ray,
+                method=args.method,
+                backbone=args.backbone,
+                folder=Path(args.models),
+                log=_stderr,
+                ssl=ssl,
+            )
+        finally:
+            shutdown()
+        model_name, reason, images, failed = (
+            summary.model_name,
+            summary.backbone_reason,
+            summary.images,
+            summary.failed,
+        )
+    else:
+        result = label_folders(
+            Path(args.support),
+            Path(args.unlabeled),
+            method=args.method,
+            backbone=args.backbone,
+            folder=Path(args.models),
+            log=_stderr,
+            ssl=ssl,
+            cache=None if args.no_cache else EmbeddingCache(Path(args.cache)),
+            progress=_progress_every_tenth(),
+        )
+        write_predictions_csv(result, Path(args.out))
+        model_name, reason, images = result.model_name, result.backbone_reason, len(result.rows)
+        failed = sum(1 for row in result.rows if row.error)
     _stderr(
-        f"labeled {len(result.rows) - failed} images with {result.model_name}"
-        f" ({result.backbone_reason}); {failed} could not be read; wrote {args.out}"
+        f"labeled {images - failed} images with {model_name}"
+        f" ({reason}); {failed} could not be read; wrote {args.out}"
     )
     return 0
+
+
+def _progress_every_tenth():
+    """A progress callback that says how far embedding got at every tenth of a large batch."""
+    shown = 0
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        if total >= 1000 and done * 10 // total > shown:
+            shown = done * 10 // total
+            _stderr(f"embedded {done:,} / {total:,} images")
+
+    return progress
 
 
 def _stderr(message: str) -> None:
@@ -75,6 +130,7 @@ def _stderr(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from mssl_core.ssl import SSLOptions
+    from mssl_core.store import data_dir
 
     parser = argparse.ArgumentParser(prog="python -m mssl_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--method", default=None, help="method name (default: the best measured)")
     label.add_argument("--backbone", default="auto", help="auto (default), conv4 or mobilenetv2")
     label.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
+    label.add_argument(
+        "--cache",
+        default=str(data_dir() / "embeddings.sqlite"),
+        help="embedding cache shared with the app: images seen before are not embedded again",
+    )
+    label.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    label.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster with Ray Data: its address, 'auto' (the cluster this machine"
+        " is part of) or 'local' (a private one on this machine); writes the same CSV",
+    )
     defaults = SSLOptions()
     label.add_argument(
         "--pseudo-label-rounds",
@@ -127,6 +195,22 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)")
     evaluate.set_defaults(run=_evaluate)
+
+    bench = commands.add_parser("bench", help="print speed and memory figures for this machine")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per figure (the median is shown)")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument(
+        "--label-sizes",
+        type=int,
+        nargs="+",
+        default=[100, 1_000, 10_000],
+        help="photos per label run",
+    )
+    bench.add_argument(
+        "--readapt-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="cached embeddings"
+    )
+    bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     return args.run(args)

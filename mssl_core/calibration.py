@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-LOO_UNLABELED = 500  # unlabeled images used by the leave-one-out refits
+LOO_UNLABELED = 250  # unlabeled images used by the leave-one-out refits
 MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwise drive T to 0
 
 

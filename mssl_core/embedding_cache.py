@@ -1,17 +1,14 @@
 """Embeddings cached by (model fingerprint, image content hash) in SQLite, so no image is ever
-embedded twice by the same model, across runs, projects and app sessions."""
+embedded twice by the same model, across runs, projects and app sessions (bulk.py reads and
+writes it)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
-from mssl_core.backbones import Backbone
-from mssl_core.labeling import embed_images
 
 
 class EmbeddingCache:
@@ -48,26 +45,3 @@ class EmbeddingCache:
     def delete_hashes(self, hashes: Sequence[str]) -> None:
         with self.db:
             self.db.executemany("DELETE FROM embeddings WHERE sha256 = ?", [(h,) for h in hashes])
-
-
-def embed_cached(
-    backbone: Backbone,
-    model_key: str,
-    hashes: Sequence[str],
-    load: Callable[[str], Image.Image],
-    cache: EmbeddingCache,
-    progress: Callable[[float], None] | None = None,
-    batch_size: int = 64,
-) -> np.ndarray:
-    """Embeddings for images given by hash, computing (and caching) only the missing ones."""
-    known = cache.get_many(model_key, hashes)
-    missing = [h for h in dict.fromkeys(hashes) if h not in known]
-    for start in range(0, len(missing), batch_size):
-        chunk = missing[start : start + batch_size]
-        vectors = embed_images(backbone, [load(h) for h in chunk]).numpy()
-        fresh = dict(zip(chunk, vectors, strict=True))
-        cache.put_many(model_key, fresh)
-        known.update(fresh)
-        if progress:
-            progress(min(1.0, (start + len(chunk)) / len(missing)))
-    return np.stack([known[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32)

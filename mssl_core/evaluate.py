@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mssl_core.backbones import PixelBackbone
+from mssl_core.backbones import PixelBackbone, embed_images
 from mssl_core.checkpoints import MODELS_DIR, available_models, load_model
 from mssl_core.data import characters
 from mssl_core.data.episodes import EpisodeSpec
 from mssl_core.data.paths import cache_dir
 from mssl_core.data.real import as_class_pool, load_fashion_mnist, load_mnist
 from mssl_core.episodic import run_episodes
-from mssl_core.labeling import embed_images, record_default_in_cards
+from mssl_core.labeling import record_default_in_cards
 from mssl_core.methods import make_method
 from mssl_core.ssl import SELF_TRAINING, with_ssl
 

@@ -193,7 +193,9 @@ def expand_uploads(
         for member in members:
             parts = Path(member.filename).parts
             shown = f"{name}/{member.filename}"
-            if member.filename.startswith(("/", "\\")) or ".." in parts:
+            if not parts:  # a member named "." or "./"
+                problems.append((shown, "has no file name inside the archive; skipped"))
+            elif member.filename.startswith(("/", "\\")) or ".." in parts:
                 problems.append((shown, "unsafe path inside the archive (absolute or '..'); skipped"))
             elif any(p.startswith(".") or p == "__MACOSX" for p in parts):
                 continue  # hidden files and macOS resource forks are not images

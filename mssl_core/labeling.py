@@ -6,26 +6,32 @@ and the method (the best measured on validation classes, from the model cards).
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from mssl_core.backbones import Backbone
+from mssl_core.backbones import embed_images
+from mssl_core.bulk import embed_files
 from mssl_core.calibration import leave_one_out_temperature
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
+from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
 from mssl_core.methods import METHODS, make_method
 from mssl_core.ssl import SSLOptions, with_ssl
 
 BACKBONE_PREFERENCE = ("conv4", "mobilenetv2")
 SMALL_GRAY_SIDE = 64  # at most this size and grayscale: drawings/characters, Conv-4's domain
+FIT_LIMIT = 20_000  # batch images a `label` run adapts to; more add little and cost n^2 time
 
 
 @dataclass
@@ -63,6 +69,7 @@ class LabelingResult:
     rows: list[PredictionRow]
     model_name: str
     backbone_reason: str
+    seconds: dict[str, float] = field(default_factory=dict)  # model (load + support), decode, embed, adapt
 
 
 def validation_scores(folder: Path = MODELS_DIR) -> dict[str, float]:
@@ -115,13 +122,45 @@ def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
     return Model(f"{backbone}+{method}", model.backbone, make_method(method), model.card, model.fingerprint)
 
 
-def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 64) -> Tensor:
-    """Embeddings of decoded images, in batches so memory stays flat."""
-    chunks = [
-        backbone.embed(backbone.preprocess(images[i : i + batch_size]))
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks) if chunks else torch.zeros(0, 1)
+@dataclass
+class AdaptedTask:
+    """A method fitted to one task, ready to predict any number of images, in any batches."""
+
+    classes: list[str]
+    method: object
+    temperature: float | None  # fitted on the user's labeled images, if it could be
+
+    def probabilities(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            if self.temperature is None:
+                return self.method.predict_proba(x)
+            return torch.softmax(self.method.logits(x) / self.temperature, dim=1)
+
+    def predict(self, x: Tensor) -> Prediction:
+        return Prediction(self.classes, self.probabilities(x).numpy(), x.numpy(), self.temperature)
+
+
+def fit_task(
+    model: Model,
+    classes: list[str],
+    support: Tensor,
+    support_labels: Tensor,
+    unlabeled: Tensor,
+    ssl: SSLOptions | None = None,
+) -> AdaptedTask:
+    """Fit the method to the task (support + unlabeled), with the semi-supervised terms of
+    `ssl` switched on.
+
+    Where every class has two or more labeled images, confidence is recalibrated on them by
+    leave-one-out (see calibration.py); otherwise the temperature fitted on validation
+    characters is used."""
+    task_unlabeled = unlabeled if len(unlabeled) else None
+    # A private copy: app sessions run in threads and share one loaded model.
+    method = with_ssl(copy.deepcopy(model.method), ssl)
+    temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+    with torch.no_grad():
+        method.fit(support, support_labels, task_unlabeled)
+    return AdaptedTask(classes, method, temperature)
 
 
 def adapt(
@@ -133,23 +172,19 @@ def adapt(
     predict_for: Tensor | None = None,
     ssl: SSLOptions | None = None,
 ) -> Prediction:
-    """Fit the method to the task (support + unlabeled) and predict `predict_for` (default:
-    the unlabeled images themselves), with the semi-supervised terms of `ssl` switched on.
+    """`fit_task`, then predict `predict_for` (default: the unlabeled images themselves)."""
+    task = fit_task(model, classes, support, support_labels, unlabeled, ssl)
+    return task.predict(unlabeled if predict_for is None else predict_for)
 
-    Where every class has two or more labeled images, confidence is recalibrated on them by
-    leave-one-out (see calibration.py); otherwise the temperature fitted on validation
-    characters is used."""
-    task_unlabeled = unlabeled if len(unlabeled) else None
-    targets = unlabeled if predict_for is None else predict_for
-    method = with_ssl(model.method, ssl)
-    temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
-    with torch.no_grad():
-        method.fit(support, support_labels, task_unlabeled)
-        if temperature is None:
-            probabilities = method.predict_proba(targets)
-        else:
-            probabilities = torch.softmax(method.logits(targets) / temperature, dim=1)
-    return Prediction(classes, probabilities.numpy(), targets.numpy(), temperature)
+
+def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
+    """Which of `count` batch images the method adapts to: all up to `limit`, else a fixed
+    random `limit` of them (the rest are predicted from that fit). The same on one machine
+    and on a cluster, so both write the same CSV."""
+    limit = FIT_LIMIT if limit is None else limit
+    if count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
 def _leave_one_out_accuracy(embeddings: Tensor, labels: Tensor) -> float | None:
@@ -201,16 +236,26 @@ def decode_all(paths: Sequence[Path], log: Callable[[str], None]) -> tuple[list,
     return images, errors
 
 
-def label_folders(
+@dataclass
+class Support:
+    """The labeled images of a task, embedded by the model chosen for them."""
+
+    classes: list[str]
+    labels: Tensor
+    embeddings: Tensor
+    model: Model
+    reason: str  # why this backbone
+
+
+def prepare_support(
     support_dir: Path,
-    unlabeled_dir: Path,
     method: str | None = None,
     backbone: str = "auto",
-    folder: Path = MODELS_DIR,
+    folder: Path | None = None,
     log: Callable[[str], None] = print,
-    ssl: SSLOptions | None = None,
-) -> LabelingResult:
-    """Pseudo-label every file under `unlabeled_dir` from the class folders of `support_dir`."""
+) -> Support:
+    """Decode the class folders of `support_dir`, choose the backbone, embed them."""
+    folder = folder or MODELS_DIR
     method = method or default_method(folder)
     support_files = class_folder_files(support_dir)
     support_images, support_errors = decode_all([f.path for f in support_files], log)
@@ -229,31 +274,71 @@ def label_folders(
     else:
         reason = f"backbone {backbone}: chosen by the user"
     model = model_for(method, backbone, folder)
-    support = embed_images(model.backbone, images)
+    return Support(classes, labels, embed_images(model.backbone, images), model, reason)
+
+
+def label_folders(
+    support_dir: Path,
+    unlabeled_dir: Path,
+    method: str | None = None,
+    backbone: str = "auto",
+    folder: Path = MODELS_DIR,
+    log: Callable[[str], None] = print,
+    ssl: SSLOptions | None = None,
+    cache: EmbeddingCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LabelingResult:
+    """Pseudo-label every file under `unlabeled_dir` from the class folders of `support_dir`.
+
+    The batch streams through the network (see bulk.py): memory holds its embeddings, not its
+    images. With a `cache`, images embedded before by the same model are not embedded again."""
+    started = time.perf_counter()
+    task_support = prepare_support(support_dir, method, backbone, folder, log)
+    model_seconds = time.perf_counter() - started
+    model, classes = task_support.model, task_support.classes
+    support, labels, reason = task_support.embeddings, task_support.labels, task_support.reason
 
     unlabeled_paths = list_files(unlabeled_dir)
-    unlabeled_images, errors = decode_all(unlabeled_paths, log)
-    readable = [im for im in unlabeled_images if im is not None]
-    prediction = adapt(model, classes, support, labels, embed_images(model.backbone, readable), ssl=ssl)
-    outcomes = iter(zip(prediction.labels, prediction.confidence, prediction.probabilities, strict=True))
-    rows = []
-    for path, error in zip(unlabeled_paths, errors, strict=True):
-        shown = str(path.relative_to(unlabeled_dir))
-        if error:
-            rows.append(PredictionRow(shown, error=error))
-            continue
-        label, confidence, proba = next(outcomes)
-        rows.append(PredictionRow(shown, label, float(confidence), "", proba.tolist()))
-    return LabelingResult(classes, rows, model.name, reason)
+    embedded = embed_files(model.backbone, model.backbone_key, unlabeled_paths, cache, log, progress)
+    started = time.perf_counter()
+    unlabeled = torch.from_numpy(embedded.embeddings)
+    prediction = adapt(model, classes, support, labels, unlabeled[fit_sample(len(unlabeled))], unlabeled, ssl)
+    seconds = {"model": model_seconds, **embedded.seconds, "adapt": time.perf_counter() - started}
+    outcomes = iter(prediction.probabilities)
+    rows = [
+        prediction_row(str(path.relative_to(unlabeled_dir)), classes, None if error else next(outcomes), error)
+        for path, error in zip(unlabeled_paths, embedded.errors, strict=True)
+    ]
+    return LabelingResult(classes, rows, model.name, reason, seconds)
+
+
+def prediction_row(
+    path: str, classes: list[str], probabilities: np.ndarray | None, error: str = ""
+) -> PredictionRow:
+    """The CSV row of one file: the most probable class and its probability, or the error."""
+    if error:
+        return PredictionRow(path, error=error)
+    best = int(probabilities.argmax())
+    return PredictionRow(path, classes[best], float(probabilities[best]), "", probabilities.tolist())
+
+
+def write_csv_header(handle: TextIO, classes: list[str]):
+    """A CSV writer on `handle` with the header `path,label,confidence,error,p_<class>...`."""
+    writer = csv.writer(handle)
+    writer.writerow(["path", "label", "confidence", "error", *[f"p_{c}" for c in classes]])
+    return writer
+
+
+def write_csv_row(writer, row: PredictionRow, n_classes: int) -> None:
+    confidence = "" if row.confidence is None else f"{row.confidence:.4f}"
+    proba = [f"{p:.4f}" for p in row.probabilities] or [""] * n_classes
+    writer.writerow([row.path, row.label, confidence, row.error, *proba])
 
 
 def write_predictions_csv(result: LabelingResult, out: Path) -> None:
     """`path,label,confidence,error,p_<class>...`, one row per unlabeled file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "confidence", "error", *[f"p_{c}" for c in result.classes]])
+        writer = write_csv_header(handle, result.classes)
         for row in result.rows:
-            confidence = "" if row.confidence is None else f"{row.confidence:.4f}"
-            proba = [f"{p:.4f}" for p in row.probabilities] or [""] * len(result.classes)
-            writer.writerow([row.path, row.label, confidence, row.error, *proba])
+            write_csv_row(writer, row, len(result.classes))

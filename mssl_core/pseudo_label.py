@@ -1,6 +1,6 @@
 """Pseudo-labeling a stored labeling project: the labeled images plus every accepted or
 corrected decision form the support set; the undecided images are the unlabeled batch the
-method adapts with. Embeddings come from the cache, so re-adapting after a decision costs
+method adapts with. Embeddings come from the cache (see bulk.py), so re-adapting after a decision costs
 only the method's `fit`, not the backbone."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mssl_core.bulk import embed_files
 from mssl_core.checkpoints import Model
-from mssl_core.embedding_cache import EmbeddingCache, embed_cached
+from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.export import ExportRow
-from mssl_core.images import decode_image
 from mssl_core.labeling import Prediction, adapt
 from mssl_core.methods import make_method
 from mssl_core.ssl import SSLOptions
@@ -65,12 +65,20 @@ def pseudo_label_project(
     if len(classes) < 2:
         raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
     unlabeled = project.images("unlabeled")
-    by_hash = {image.sha256: image.path for image, _ in support}
-    by_hash.update({image.sha256: image.path for image in unlabeled})
-    hashes = [image.sha256 for image, _ in support] + [image.sha256 for image in unlabeled]
-    embeddings = embed_cached(
-        model.backbone, model.backbone_key, hashes, lambda h: decode_image(by_hash[h]), cache, progress
+    paths = [image.path for image, _ in support] + [image.path for image in unlabeled]
+    embedded = embed_files(
+        model.backbone,
+        model.backbone_key,
+        paths,
+        cache,
+        log=lambda _: None,
+        progress=None if progress is None else lambda done, total: progress(done / total),
     )
+    unreadable = [(path, error) for path, error in zip(paths, embedded.errors, strict=True) if error]
+    if unreadable:  # checked when uploaded, so the project folder was changed behind our back
+        path, error = unreadable[0]
+        raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
+    embeddings = embedded.embeddings
     support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
     unlabeled_embeddings = torch.from_numpy(embeddings[len(support) :].copy())
     labels = torch.tensor([classes.index(label) for _, label in support])

@@ -89,3 +89,9 @@ def refuse_outbound(tmp_path, monkeypatch):
     install(str(log), monkeypatch.setattr)
     yield
     assert not log.exists(), f"something tried to connect off the machine: {log.read_text()}"
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path, monkeypatch):
+    """Projects and the embedding cache of every test live in its own folder, not ./data."""
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))

@@ -102,9 +102,12 @@ def test_decided_images_count_once_as_support_not_again_as_unlabeled(tmp_path, m
     model = model_for("softkmeans", "conv4")
     cache = EmbeddingCache(tmp_path / "e.sqlite")
     fitted = []
-    original_fit = model.method.fit
+    method_class = type(model.method)  # adapt() fits a private copy of the shared method
+    original_fit = method_class.fit
     monkeypatch.setattr(
-        model.method, "fit", lambda s, y, u=None: fitted.append((len(s), len(u))) or original_fit(s, y, u)
+        method_class,
+        "fit",
+        lambda self, s, y, u=None: fitted.append((len(s), len(u))) or original_fit(self, s, y, u),
     )
     first = pseudo_label_project(project, model, cache)
     project.decide(first.images[0].id, "correct", "bag")

@@ -1,28 +1,23 @@
 import numpy as np
-from PIL import Image
 
-from mssl_core.backbones import make_backbone
-from mssl_core.embedding_cache import EmbeddingCache, embed_cached
+from mssl_core.embedding_cache import EmbeddingCache
 
 
-def test_each_image_is_embedded_once_across_calls(tmp_path):
+def test_vectors_are_kept_per_model_and_found_again_by_a_new_connection(tmp_path):
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
-    backbone = make_backbone("conv4").eval()
-    images = {h: Image.new("L", (28, 28), v) for h, v in (("a", 0), ("b", 120), ("c", 255))}
-    loads = []
+    vectors = {sha: np.full(4, value, np.float32) for sha, value in (("a", 0.5), ("b", -2.0))}
+    cache.put_many("m1", vectors)
+    found = cache.get_many("m1", ["a", "b", "c"])
+    assert set(found) == {"a", "b"} and np.array_equal(found["b"], vectors["b"])
+    assert cache.get_many("m2", ["a"]) == {}  # another model never reuses these vectors
+    reopened = EmbeddingCache(tmp_path / "cache.sqlite")
+    assert set(reopened.get_many("m1", ["a", "b"])) == {"a", "b"}
+    reopened.delete_hashes(["a"])
+    assert set(cache.get_many("m1", ["a", "b"])) == {"b"}
 
-    def load(sha):
-        loads.append(sha)
-        return images[sha]
 
-    first = embed_cached(backbone, "m1", ["a", "b", "a"], load, cache)
-    assert sorted(loads) == ["a", "b"] and first.shape == (3, 64)
-    assert np.allclose(first[0], first[2])
-    second = embed_cached(backbone, "m1", ["b", "c"], load, cache)
-    assert sorted(loads) == ["a", "b", "c"]
-    assert np.allclose(second[0], first[1])
-    # another model fingerprint never reuses these vectors
-    embed_cached(backbone, "m2", ["a"], load, cache)
-    assert loads.count("a") == 2
-    # and a new process (new connection) finds them on disk
-    assert set(EmbeddingCache(tmp_path / "cache.sqlite").get_many("m1", ["a", "b", "c"])) == {"a", "b", "c"}
+def test_lookups_of_more_hashes_than_sqlite_takes_at_once(tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    cache.put_many("m", {f"{i:05d}": np.full(2, i, np.float32) for i in range(1_234)})
+    found = cache.get_many("m", [f"{i:05d}" for i in range(1_300)])
+    assert len(found) == 1_234 and found["01233"][0] == 1_233

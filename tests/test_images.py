@@ -52,3 +52,18 @@ def test_folders_skip_hidden_and_macosx(tmp_path):
         ("1.png", "a"),
         ("2.png", "b"),
     ]
+
+
+def test_a_zip_member_without_a_file_name_is_reported_not_a_crash():
+    import io
+    import zipfile
+
+    from mssl_core.images import expand_uploads
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(".", b"")  # found by the fuzz test: Path(".").parts is empty
+        archive.writestr("cats/a.png", b"png bytes")
+    files, problems = expand_uploads([("odd.zip", buffer.getvalue())])
+    assert [(f.name, f.label) for f in files] == [("a.png", "cats")]
+    assert problems == [("odd.zip/.", "has no file name inside the archive; skipped")]

@@ -127,3 +127,20 @@ def test_label_cli_applies_self_training_when_asked(shape_folders, tmp_path, cap
     assert [r["path"] for r in plain] == [r["path"] for r in self_trained]
     # the extra examples change the adapted model, so the reported confidences move
     assert any(a["confidence"] != b["confidence"] for a, b in zip(plain, self_trained, strict=True))
+
+
+def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folders, tiny_models, monkeypatch):
+    from mssl_core import labeling
+
+    support, unlabeled, truth = shape_folders
+    assert list(labeling.fit_sample(5, limit=8)) == [0, 1, 2, 3, 4]
+    sample = labeling.fit_sample(1_000, limit=8)
+    assert len(set(sample)) == 8 and list(sample) == sorted(sample)
+    assert list(sample) == list(labeling.fit_sample(1_000, limit=8))  # the same on every run
+    monkeypatch.setattr(labeling, "FIT_LIMIT", 6)
+    fitted = []
+    original = labeling.fit_task
+    monkeypatch.setattr(labeling, "fit_task", lambda *a, **k: fitted.append(len(a[4])) or original(*a, **k))
+    result = labeling.label_folders(support, unlabeled, folder=tiny_models, log=lambda _: None)
+    assert fitted == [6]
+    assert sum(1 for row in result.rows if row.label) == len(truth)

@@ -167,3 +167,44 @@ def test_propagation_labels_twenty_thousand_images_without_an_n_by_n_matrix():
     with torch.no_grad():
         proba = make_method("propagation").fit(support, support_labels, batch).predict_proba(batch)
     assert proba.shape == (20_000, 5) and (proba.argmax(1) == truth).float().mean() > 0.95
+
+
+def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_support_set(monkeypatch):
+    from mssl_core.methods import neighbour_graphs, propagation
+
+    monkeypatch.setattr(neighbour_graphs, "SMALLEST", 50)
+    monkeypatch.setattr(propagation, "DENSE_LIMIT", 10)  # the large-batch path, where it matters
+    _, support, labels, unlabeled, unlabeled_labels = gaussian_task(ways=4, shots=1, unlabeled_per_class=60)
+    neighbour_graphs._graphs.clear()
+    with torch.no_grad():
+        first = make_method("propagation").fit(support, labels, unlabeled)
+        assert len(neighbour_graphs._graphs) == 1
+        # a person labels unlabeled image 7: it joins the support set, the nodes are the same
+        corrected_support = torch.cat([support, unlabeled[7:8]])
+        corrected_labels = torch.cat([labels, unlabeled_labels[7:8]])
+        rest = torch.cat([unlabeled[:7], unlabeled[8:]])
+        computed, nearest = [], propagation.LabelPropagation._nearest
+        monkeypatch.setattr(
+            propagation.LabelPropagation, "_nearest", lambda *a, **k: computed.append(1) or nearest(*a, **k)
+        )
+        remembered = make_method("propagation").fit(corrected_support, corrected_labels, rest)
+        remembered_proba = remembered.predict_proba(unlabeled)
+        assert not computed and remembered.node_lists is not None  # no distances computed again
+        neighbour_graphs._graphs.clear()
+        fresh_proba = (
+            make_method("propagation").fit(corrected_support, corrected_labels, rest).predict_proba(unlabeled)
+        )
+    assert computed  # the fresh fit did compute them
+    assert torch.allclose(remembered_proba, fresh_proba, atol=1e-5)
+    assert first.predict_proba(unlabeled).shape == fresh_proba.shape
+
+
+def test_row_fingerprints_see_bitwise_equality_regardless_of_position():
+    from mssl_core.methods.neighbour_graphs import row_fingerprints
+
+    rows = torch.randn(300, 33)
+    permutation = torch.randperm(300)
+    assert (row_fingerprints(rows)[permutation.numpy()] == row_fingerprints(rows[permutation])).all()
+    nudged = rows.clone()
+    nudged[5, 7] = torch.nextafter(nudged[5, 7], torch.tensor(10.0))
+    assert (row_fingerprints(nudged) != row_fingerprints(rows)).sum() == 1

@@ -11,15 +11,19 @@ its neighbours' propagated labels.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
+from mssl_core.methods import neighbour_graphs
 from mssl_core.methods.base import FewShotMethod, register
 
 DENSE_LIMIT = 3000  # nodes up to which F is solved exactly; beyond, by iteration
 SCALE_NEIGHBOUR = 3  # sigma_i: distance to this nearest neighbour (times a learned factor)
 FLOOR = 1e-6  # added to predicted distributions before the log: finite logits and gradients
 CHUNK = 1024  # rows of pairwise distances computed at a time
+TOLERANCE = 1e-6  # iterative propagation stops when no label score moves by more
 
 
 @register
@@ -38,14 +42,11 @@ class LabelPropagation(FewShotMethod):
         # alpha = 0.5 at the start: labels spread to neighbours without washing out on small graphs
         self.alpha_logit = nn.Parameter(torch.tensor(0.0))
         self.nodes: Tensor | None = None
+        self.node_lists: neighbour_graphs.NeighbourLists | None = None
 
-    def _neighbours(self, x: Tensor, nodes: Tensor, node_sigma: Tensor | None, exclude_self: bool):
-        """For each row of `x`: affinities to its k nearest nodes, their indices, and the row's
-        local scale (distance to its SCALE_NEIGHBOUR-th nearest node times the learned factor).
-        `node_sigma=None`: x are the nodes themselves. Computed in chunks of rows, so memory
-        grows with n·k, not n² (a batch of 100,000 images stays small)."""
-        available = len(nodes) - int(exclude_self)
-        k = max(1, min(self.neighbours, available))
+    def _nearest(self, x: Tensor, nodes: Tensor, k: int, exclude_self: bool) -> tuple[Tensor, Tensor]:
+        """Squared distances and indices of each row's k nearest nodes, in chunks of rows, so
+        memory grows with n·k, not n² (a batch of 100,000 images stays small)."""
         values, indices = [], []
         for start in range(0, len(x), CHUNK):
             squared = torch.cdist(x[start : start + CHUNK], nodes).pow(2)
@@ -56,23 +57,55 @@ class LabelPropagation(FewShotMethod):
             nearest = squared.topk(k, dim=1, largest=False)
             values.append(nearest.values)
             indices.append(nearest.indices)
-        values, indices = torch.cat(values), torch.cat(indices)
-        kth = values[:, min(SCALE_NEIGHBOUR, k) - 1]
+        return torch.cat(values), torch.cat(indices)
+
+    def _affinities(self, squared: Tensor, indices: Tensor, node_sigma: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Edge weights to the listed neighbours and each row's local scale (distance to its
+        SCALE_NEIGHBOUR-th neighbour times the learned factor); `node_sigma=None`: the rows
+        are the nodes themselves."""
+        kth = squared[:, min(SCALE_NEIGHBOUR, squared.shape[1]) - 1]
         sigma = kth.clamp_min(1e-12).sqrt() * self.log_scale.exp()
         node_sigma = sigma if node_sigma is None else node_sigma
         scale = (sigma.unsqueeze(1) * node_sigma[indices]).clamp_min(1e-12)
-        return torch.exp(-values / scale), indices, sigma
+        return torch.exp(-squared / scale), sigma
+
+    def _node_neighbours(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """Each node's nearest other nodes, remembered for re-fits over the same images."""
+        k = max(1, min(self.neighbours, len(nodes) - 1))
+        lists, fingerprints = neighbour_graphs.remembered(nodes, k)
+        if lists is None:
+            squared, indices = self._nearest(nodes, nodes, k, exclude_self=True)
+            if fingerprints is not None:
+                lists = neighbour_graphs.NeighbourLists(squared, indices, fingerprints)
+                neighbour_graphs.remember(lists, k)
+        self.node_lists = lists
+        return (squared, indices) if lists is None else (lists.squared, lists.indices)
+
+    def _query_neighbours(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each row's nearest nodes. Rows that are nodes themselves (the app predicts the batch
+        it adapted to) are read off the node lists: the row itself, then its k-1 nearest."""
+        k = max(1, min(self.neighbours, len(self.nodes)))
+        if self.node_lists is None:
+            return self._nearest(x, self.nodes, k, exclude_self=False)
+        rows, is_node = self.node_lists.rows_of(x)
+        squared = torch.cat([torch.zeros(len(x), 1, dtype=x.dtype), self.node_lists.squared[rows, : k - 1]], 1)
+        indices = torch.cat([rows.unsqueeze(1), self.node_lists.indices[rows, : k - 1]], 1)
+        if not is_node.all():
+            others = ~is_node
+            squared[others], indices[others] = self._nearest(x[others], self.nodes, k, exclude_self=False)
+        return squared, indices
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> LabelPropagation:
         nodes = support if unlabeled is None else torch.cat([support, unlabeled])
         n_classes = int(support_labels.max()) + 1
         labels = torch.zeros(len(nodes), n_classes, dtype=nodes.dtype)
         labels[torch.arange(len(support)), support_labels] = 1
-        self.nodes, self.propagated = nodes, labels
+        self.nodes, self.propagated, self.node_lists = nodes, labels, None
         if len(nodes) < 2:
             self.node_sigma = torch.ones(len(nodes), dtype=nodes.dtype)
             return self
-        weights, indices, self.node_sigma = self._neighbours(nodes, nodes, None, exclude_self=True)
+        squared, indices = self._node_neighbours(nodes)
+        weights, self.node_sigma = self._affinities(squared, indices, None)
         alpha = torch.sigmoid(self.alpha_logit)
         if len(nodes) <= DENSE_LIMIT:
             dense = torch.zeros(len(nodes), len(nodes), dtype=nodes.dtype).scatter(1, indices, weights)
@@ -83,27 +116,33 @@ class LabelPropagation(FewShotMethod):
             self.propagated = torch.linalg.solve(identity - alpha * normalised, labels)
             return self
         # Large batches: the same fixed point F = alpha S F + Y by iteration, with the kNN graph
-        # kept as (n, k) lists and symmetrised as W + W^T instead of max(W, W^T).
-        flat_indices = indices.reshape(-1)
-        degree = weights.sum(1).index_add(0, flat_indices, weights.reshape(-1))
-        inv_sqrt_degree = degree.clamp_min(1e-12).rsqrt().unsqueeze(1)
-
-        def spread(values: Tensor) -> Tensor:  # S @ values without forming S
-            scaled = inv_sqrt_degree * values
-            forward = (weights.unsqueeze(2) * scaled[indices]).sum(1)
-            backward = torch.zeros_like(scaled).index_add(
-                0, flat_indices, (weights.unsqueeze(2) * scaled.unsqueeze(1)).reshape(-1, scaled.shape[1])
-            )
-            return inv_sqrt_degree * (forward + backward)
-
+        # as a sparse matrix symmetrised as W + W^T instead of max(W, W^T); the error shrinks
+        # by alpha (about 0.4) per step, so it stops once a step changes F by under TOLERANCE.
+        rows = torch.arange(len(nodes)).repeat_interleave(indices.shape[1])
+        columns = indices.reshape(-1)
+        degree = weights.sum(1).index_add(0, columns, weights.reshape(-1))
+        inv_sqrt_degree = degree.clamp_min(1e-12).rsqrt()
+        values = inv_sqrt_degree[rows] * weights.reshape(-1) * inv_sqrt_degree[columns]
+        with warnings.catch_warnings():  # CSR is "beta"; its matrix product is all we use
+            warnings.simplefilter("ignore")
+            normalised = torch.sparse_coo_tensor(
+                torch.stack([torch.cat([rows, columns]), torch.cat([columns, rows])]),
+                torch.cat([values, values]),
+                (len(nodes), len(nodes)),
+                check_invariants=False,
+            ).to_sparse_csr()
         for _ in range(self.iterations):
-            self.propagated = alpha * spread(self.propagated) + labels
+            previous = self.propagated
+            self.propagated = alpha * (normalised @ previous) + labels
+            if (self.propagated - previous).abs().max() < TOLERANCE:
+                break
         return self
 
     def logits(self, x: Tensor) -> Tensor:
         if self.nodes is None:
             raise RuntimeError(f"{self.name}: call fit() before predicting")
-        weights, indices, _ = self._neighbours(x, self.nodes, self.node_sigma, exclude_self=False)
+        squared, indices = self._query_neighbours(x)
+        weights, _ = self._affinities(squared, indices, self.node_sigma)
         distribution = nn.functional.normalize(self.propagated.clamp_min(0), p=1, dim=1)
         scores = (weights.unsqueeze(2) * distribution[indices]).sum(1)
         return (nn.functional.normalize(scores, p=1, dim=1) + FLOOR).log()
