@@ -109,7 +109,7 @@ def _label_run(unlabeled: int, cached: bool, threads: int) -> dict:
         "images_per_s": unlabeled / total,
         "peak_rss_mb": _peak_rss_mb(),
         "accuracy": float(accuracy),
-        "model": result.model_name,
+        "model_name": result.model_name,
     }
 
 

@@ -22,7 +22,8 @@ from mssl_core.methods.base import FewShotMethod, register
 DENSE_LIMIT = 3000  # nodes up to which F is solved exactly; beyond, by iteration
 SCALE_NEIGHBOUR = 3  # sigma_i: distance to this nearest neighbour (times a learned factor)
 FLOOR = 1e-6  # added to predicted distributions before the log: finite logits and gradients
-CHUNK = 1024  # rows of pairwise distances computed at a time
+CHUNK = 1024  # rows of pairwise distances computed at a time, at most
+CHUNK_DISTANCES = 2**23  # and at most this many distances (32 MB): memory flat at 100,000 nodes
 TOLERANCE = 1e-6  # iterative propagation stops when no label score moves by more
 
 
@@ -48,12 +49,12 @@ class LabelPropagation(FewShotMethod):
         """Squared distances and indices of each row's k nearest nodes, in chunks of rows, so
         memory grows with n·k, not n² (a batch of 100,000 images stays small)."""
         values, indices = [], []
-        for start in range(0, len(x), CHUNK):
-            squared = torch.cdist(x[start : start + CHUNK], nodes).pow(2)
+        step = max(1, min(CHUNK, CHUNK_DISTANCES // max(1, len(nodes))))
+        for start in range(0, len(x), step):
+            squared = torch.cdist(x[start : start + step], nodes).pow(2)
             if exclude_self:
-                rows = torch.arange(len(squared))
-                mask = torch.zeros_like(squared).index_put((rows, rows + start), torch.tensor(float("inf")))
-                squared = squared + mask
+                own = torch.arange(len(squared))
+                squared = squared.index_put((own, own + start), torch.tensor(float("inf")))
             nearest = squared.topk(k, dim=1, largest=False)
             values.append(nearest.values)
             indices.append(nearest.indices)
