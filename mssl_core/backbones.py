@@ -104,6 +104,36 @@ class Conv4(PixelBackbone):
         return self.encoder(x).flatten(1)
 
 
+class GeometryKeepingHead(nn.Module):
+    """The meta-trained head on ImageNet features, built not to forget ImageNet.
+
+    Features are L2-normalised and mapped to `out_dim` by a fixed random orthogonal projection
+    (Johnson-Lindenstrauss: distances between photos are kept) plus a learned linear correction
+    that starts at zero and is held small by `penalty()` during meta-training, and one learned
+    overall scale. An unconstrained
+    head trained on characters lost that geometry: on Fashion-MNIST, prototypes on it scored
+    54% at 5-way 1-shot against 67% on the normalised ImageNet features themselves.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        orthogonal, _ = torch.linalg.qr(torch.randn(in_dim, out_dim, generator=generator))
+        self.register_buffer("projection", orthogonal * (in_dim / out_dim) ** 0.5)  # norms kept
+        self.correction = nn.Linear(in_dim, out_dim, bias=False)
+        nn.init.zeros_(self.correction.weight)
+        # one learned overall scale: distance-based methods need room for confident answers
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, features: Tensor) -> Tensor:
+        unit = nn.functional.normalize(features, dim=1)
+        return self.log_scale.exp() * (unit @ self.projection + self.correction(unit))
+
+    def penalty(self) -> Tensor:
+        """Squared size of the learned correction (relative to the projection's)."""
+        return self.correction.weight.pow(2).sum() / self.projection.pow(2).sum()
+
+
 class MobileNetV2Backbone(Backbone):
     """Frozen ImageNet MobileNetV2 features (1280-d, average-pooled) and a small meta-trained head.
 
@@ -125,7 +155,7 @@ class MobileNetV2Backbone(Backbone):
         self.features = network.features.eval().requires_grad_(False)
         self.image_size = image_size
         self.embedding_dim = head_dim
-        self.head = nn.Sequential(nn.Linear(self.feature_dim, head_dim))
+        self.head = GeometryKeepingHead(self.feature_dim, head_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

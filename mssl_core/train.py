@@ -37,6 +37,7 @@ class TrainConfig:
     distractors: int = 3
     queries: int = 5
     learning_rate: float = 1e-3
+    head_penalty: float = 1.0  # MobileNetV2: weight of GeometryKeepingHead.penalty() in the loss
     seed: int = 0
     train_classes_for_head: int = 250  # MobileNetV2: classes whose frozen features are cached
     images_per_class_for_head: int = 16
@@ -129,6 +130,8 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
         )
         method.fit(support, torch.from_numpy(episode.support_labels), unlabeled if n_u else None)
         loss = method.meta_loss(query, torch.from_numpy(episode.query_labels))
+        if isinstance(backbone, MobileNetV2Backbone):
+            loss = loss + cfg.head_penalty * backbone.head.penalty()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -25,3 +25,22 @@ def test_onnxruntime_features_match_pytorch_within_tolerance(monkeypatch):
         for f in (fast, reference)
     ]
     assert np.array_equal(*predicted)
+
+
+def test_the_mobilenet_head_starts_by_keeping_imagenet_distances():
+    from mssl_core.backbones import GeometryKeepingHead
+
+    head = GeometryKeepingHead(1280, 256)
+    features = torch.randn(40, 1280).abs()  # like pooled ReLU features: positive
+    unit = torch.nn.functional.normalize(features, dim=1)
+    with torch.no_grad():
+        before, after = torch.pdist(unit), torch.pdist(head(features))
+    ratio = after / before
+    assert head.penalty() == 0
+    assert 0.75 < ratio.min() and ratio.max() < 1.25  # Johnson-Lindenstrauss at 256 dimensions
+    with torch.no_grad():
+        head.correction.weight.add_(0.01)
+    assert head.penalty() > 0
+    again = GeometryKeepingHead(1280, 256)
+    again.load_state_dict(head.state_dict())
+    assert torch.equal(again(features), head(features))
