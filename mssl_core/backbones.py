@@ -199,6 +199,9 @@ class MobileNetV2Backbone(Backbone):
                 self._export_onnx(path)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()
+            # Idle threads sleep instead of spinning: the decoding threads need those cores
+            # (label on 1,000 photos: 7.5-8.1 s against 7.8-8.4 s spinning, alternating runs).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
             )
