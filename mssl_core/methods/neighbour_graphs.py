@@ -9,6 +9,7 @@ in another order. Rows are recognised by an exact fingerprint of their bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -43,10 +44,15 @@ class NeighbourLists:
     indices: Tensor
     fingerprints: np.ndarray
 
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """Node indices sorted by fingerprint (computed once, used by every lookup)."""
+        return np.argsort(self.fingerprints, kind="stable")
+
     def reordered(self, fingerprints: np.ndarray) -> NeighbourLists:
         """The same lists for the same rows given in another order (`fingerprints` of the new order)."""
         to_old = np.empty(len(fingerprints), dtype=np.int64)
-        to_old[np.argsort(fingerprints, kind="stable")] = np.argsort(self.fingerprints, kind="stable")
+        to_old[np.argsort(fingerprints, kind="stable")] = self.order
         to_new = np.empty_like(to_old)
         to_new[to_old] = np.arange(len(to_old))
         old = torch.from_numpy(to_old)
@@ -55,10 +61,9 @@ class NeighbourLists:
     def rows_of(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Node index of each row of `x`, and whether the row is a node at all."""
         wanted = row_fingerprints(x)
-        order = np.argsort(self.fingerprints, kind="stable")
-        ordered = self.fingerprints[order]
+        ordered = self.fingerprints[self.order]
         position = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
-        return torch.from_numpy(order[position]), torch.from_numpy(ordered[position] == wanted)
+        return torch.from_numpy(self.order[position]), torch.from_numpy(ordered[position] == wanted)
 
 
 def _key(fingerprints: np.ndarray, k: int) -> str:
