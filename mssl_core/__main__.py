@@ -14,7 +14,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from mssl_core.labeling import record_default_in_cards
-    from mssl_core.train import SHIPPED, TrainConfig, train_and_save
+    from mssl_core.train import SHIPPED, TrainConfig, recalibrate, train_and_save
 
     torch.set_num_threads(args.threads)
     if args.all:
@@ -22,6 +22,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         configs = [TrainConfig(args.backbone, args.method)]
     for cfg in configs:
+        if args.calibrate_only:
+            recalibrate(cfg.name, folder=Path(args.out))
+            continue
         if args.episodes:
             cfg.episodes = args.episodes
         cfg.seed = args.seed
@@ -186,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2)
     train.add_argument("--out", default=str(MODELS_DIR), help="folder to write checkpoints to")
+    train.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="keep the weights of the checkpoints in --out, re-fit their temperatures on validation classes",
+    )
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="print the held-out benchmark table")

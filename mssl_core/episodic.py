@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mssl_core.calibration import (
     expected_calibration_error,
-    leave_one_out_temperature,
+    leave_one_out_domain_factor,
     reliability,
 )
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
@@ -26,7 +26,7 @@ class EpisodeResults:
     confidence: np.ndarray
     correct: np.ndarray
     seconds_per_episode: float
-    task_calibrated_confidence: np.ndarray | None = None  # temperature fitted on each support set
+    task_calibrated_confidence: np.ndarray | None = None  # with the domain factor of each support set
 
     @property
     def task_calibrated_ece(self) -> float | None:
@@ -73,8 +73,8 @@ def run_episodes(
     task_calibration: bool = True,
 ) -> EpisodeResults:
     """Fit `method` on each episode and score its queries. Same seed, same episodes.
-    `task_calibration`: also measure confidence recalibrated on each support set (costs one
-    refit per support image)."""
+    `task_calibration`: also measure confidence with the domain factor of each support set (costs
+    one refit per support image)."""
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
     accuracies, confidences, correct, task_calibrated = [], [], [], []
     seconds = 0.0
@@ -82,9 +82,9 @@ def run_episodes(
         episode = sampler.sample()
         support, support_labels, unlabeled, query = episode_tensors(pool, episode)
         task_unlabeled = unlabeled if use_unlabeled else None
-        # What the app does with 2+ shots: refit the temperature on the support set itself.
-        temperature = (
-            leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+        # What the app does with 2+ shots: adjust the temperature on the support set itself.
+        factor = (
+            leave_one_out_domain_factor(method, support, support_labels, task_unlabeled)
             if task_calibration
             else None
         )
@@ -97,8 +97,8 @@ def run_episodes(
         accuracies.append(hit.mean())
         confidences.append(confidence.numpy())
         correct.append(hit)
-        if temperature is not None:
-            recalibrated = torch.softmax(method.logits(query) / temperature, dim=1)
+        if factor is not None:
+            recalibrated = torch.softmax(method.logits(query) / (method.temperature * factor), dim=1)
             task_calibrated.append(recalibrated.max(1).values.numpy())
     return EpisodeResults(
         np.asarray(accuracies),

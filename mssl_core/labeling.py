@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import leave_one_out_temperature
+from mssl_core.calibration import leave_one_out_domain_factor
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
@@ -41,7 +41,7 @@ class Prediction:
     classes: list[str]
     probabilities: np.ndarray
     embeddings: np.ndarray
-    task_temperature: float | None = None  # fitted on the user's labeled images, if it could be
+    task_temperature: float | None = None  # adjusted on the user's labeled images, if it could be
 
     @property
     def labels(self) -> list[str]:
@@ -73,11 +73,13 @@ class LabelingResult:
 
 
 def validation_scores(folder: Path = MODELS_DIR) -> dict[str, float]:
-    """Per method: mean validation accuracy over its shipped checkpoints' model cards."""
+    """Per method: mean validation accuracy (5-way 1- and 5-shot) over its shipped checkpoints'
+    model cards."""
     scores: dict[str, list[float]] = {}
     for name in available_models(folder):
         card = load_card(name, folder)
-        accuracies = [v["accuracy"] for v in card.get("validation", {}).values()]
+        validation = card.get("validation", {})
+        accuracies = [v["accuracy"] for setting, v in validation.items() if setting.startswith("5-way ")]
         if accuracies:
             scores.setdefault(card["method"], []).append(float(np.mean(accuracies)))
     return {method: float(np.mean(values)) for method, values in scores.items()}
@@ -128,7 +130,7 @@ class AdaptedTask:
 
     classes: list[str]
     method: object
-    temperature: float | None  # fitted on the user's labeled images, if it could be
+    temperature: float | None  # adjusted on the user's labeled images, if it could be
 
     def probabilities(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -151,16 +153,16 @@ def fit_task(
     """Fit the method to the task (support + unlabeled), with the semi-supervised terms of
     `ssl` switched on.
 
-    Where every class has two or more labeled images, confidence is recalibrated on them by
-    leave-one-out (see calibration.py); otherwise the temperature fitted on validation
-    characters is used."""
+    Confidence uses the validation temperature of the task's shape; where every class has two
+    or more labeled images, adjusted by the domain factor measured on them by leave-one-out
+    (see calibration.py)."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     # A private copy: app sessions run in threads and share one loaded model.
     method = with_ssl(copy.deepcopy(model.method), ssl)
-    temperature = leave_one_out_temperature(method, support, support_labels, task_unlabeled)
+    factor = leave_one_out_domain_factor(method, support, support_labels, task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
-    return AdaptedTask(classes, method, temperature)
+    return AdaptedTask(classes, method, None if factor is None else method.temperature * factor)
 
 
 def adapt(

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from mssl_core.backbones import Backbone, MobileNetV2Backbone, make_backbone
-from mssl_core.calibration import fit_temperature
-from mssl_core.checkpoints import MODELS_DIR, Model, save_model
+from mssl_core.calibration import SHOTS_GRID, WAYS_GRID, fit_temperature
+from mssl_core.checkpoints import MODELS_DIR, Model, load_model, save_model
 from mssl_core.data import characters
 from mssl_core.data.episodes import EpisodeSampler, EpisodeSpec
 from mssl_core.data.paths import cache_dir
@@ -38,6 +38,7 @@ class TrainConfig:
     queries: int = 5
     learning_rate: float = 1e-3
     head_penalty: float = 1.0  # MobileNetV2: weight of GeometryKeepingHead.penalty() in the loss
+    calibration_episodes: int = 100  # validation tasks per task shape and distractor count
     seed: int = 0
     train_classes_for_head: int = 250  # MobileNetV2: classes whose frozen features are cached
     images_per_class_for_head: int = 16
@@ -144,7 +145,7 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
             )
     backbone.eval()
     method.eval()
-    temperature, validation = calibrate(backbone, method, cfg)
+    temperatures, validation = calibrate(backbone, method, cfg)
     card = {
         "name": cfg.name,
         "backbone": cfg.backbone,
@@ -157,7 +158,7 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
             "images_per_class": n_per_class,
         },
         "training": asdict(cfg),
-        "temperature": temperature,
+        "temperatures": temperatures,
         "validation": validation,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
@@ -165,35 +166,61 @@ def meta_train(cfg: TrainConfig, log=print) -> Model:
     return Model(cfg.name, backbone, method, card)
 
 
-def calibrate(backbone: Backbone, method, cfg: TrainConfig, episodes: int = 150) -> tuple[float, dict]:
-    """Fit the temperature on meta-validation classes (never test classes); report val accuracy."""
+def calibrate(backbone: Backbone, method, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Fit one temperature per task shape of the grid on meta-validation classes (never test
+    classes), with and without distractors; report validation accuracy and calibration."""
     pool, n_classes, n_per_class = embedding_pools(backbone, "val", cfg)
     embedded = _embed_episode_pool(backbone, pool)
-    logits, labels = [], []
+    table = torch.ones(len(SHOTS_GRID), len(WAYS_GRID))
+    for i, shots in enumerate(SHOTS_GRID):
+        for j, ways in enumerate(WAYS_GRID):
+            logits, labels = [], []
+            for distractors in (0, 5):
+                spec = EpisodeSpec(ways, shots, 20, distractors, 10)
+                sampler = EpisodeSampler(
+                    n_classes, n_per_class, spec, seed=7 + 100 * ways + 10 * shots + distractors
+                )
+                with torch.no_grad():
+                    for _ in range(cfg.calibration_episodes):
+                        episode = sampler.sample()
+                        support, support_labels, unlabeled, query = episode_tensors(embedded, episode)
+                        method.fit(support, support_labels, unlabeled)
+                        logits.append(method.logits(query))
+                        labels.append(torch.from_numpy(episode.query_labels))
+            table[i, j] = fit_temperature(torch.cat(logits), torch.cat(labels))
+    method.temperatures.copy_(table)
     validation = {}
-    for shots in (1, 5):
-        for distractors in (0, 5):
-            spec = EpisodeSpec(5, shots, 20, distractors, 15)
-            sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=7 + shots + distractors)
-            with torch.no_grad():
-                for _ in range(episodes):
-                    episode = sampler.sample()
-                    support, support_labels, unlabeled, query = episode_tensors(embedded, episode)
-                    method.fit(support, support_labels, unlabeled)
-                    logits.append(method.logits(query))
-                    labels.append(torch.from_numpy(episode.query_labels))
-    temperature = fit_temperature(torch.cat(logits), torch.cat(labels))
-    method.temperature.fill_(temperature)
-    for shots in (1, 5):
-        spec = EpisodeSpec(5, shots, 20, 0, 15)
-        result = run_episodes(method, embedded, n_classes, n_per_class, spec, 300, seed=99)
-        validation[f"5-way {shots}-shot, 20 unlabeled"] = {
+    for ways, shots in ((5, 1), (5, 5), (20, 5)):
+        spec = EpisodeSpec(ways, shots, 20, 0, 15)
+        result = run_episodes(
+            method, embedded, n_classes, n_per_class, spec, 300, seed=99, task_calibration=False
+        )
+        validation[f"{ways}-way {shots}-shot, 20 unlabeled"] = {
             "accuracy": round(result.mean, 4),
             "ci95": round(result.ci95, 4),
             "ece": round(result.ece, 4),
             "episodes": 300,
         }
-    return temperature, validation
+    temperatures = {
+        "shots": list(SHOTS_GRID),
+        "ways": list(WAYS_GRID),
+        "table": [[round(float(t), 4) for t in row] for row in table],
+    }
+    return temperatures, validation
+
+
+def recalibrate(name: str, folder=MODELS_DIR, log=print) -> Model:
+    """Re-fit a saved model's temperatures on validation classes, its weights untouched (what
+    `meta_train` ends with), and save it again."""
+    model = load_model(name, folder)
+    training = model.card["training"]
+    cfg = TrainConfig(**{**training, "shots": tuple(training["shots"])})
+    model.card.pop("temperature", None)
+    model.card["training"] = asdict(cfg)
+    model.card["temperatures"], model.card["validation"] = calibrate(model.backbone, model.method, cfg)
+    path = save_model(model, folder)
+    log(f"recalibrated {path}: {model.card['validation']}")
+    return model
 
 
 SHIPPED_METHODS = (

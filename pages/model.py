@@ -31,8 +31,9 @@ learns a starting point from which a few learning steps on your examples go a lo
 can use your unlabeled images too, and the table below measures each with and without them.
 
 **Honest confidence.** A "90% confident" prediction should be right about 90% of the time.
-The confidence is calibrated on validation tasks, and again on your own labeled examples
-whenever every class has at least two of them.
+The confidence is calibrated on validation tasks of the same shape (as many classes, as many
+labeled images per class), and adjusted on your own labeled examples whenever every class has
+at least two of them.
 """
 )
 names = available_models()

@@ -123,7 +123,10 @@ if st.button("Pseudo-label", type="primary"):
             f"{measured[0]} pseudo-labels are right (measured, not estimated)."
         )
     if result.prediction.task_temperature:
-        st.caption("Confidence was calibrated on your own labeled examples (leave-one-out).")
+        st.caption(
+            "Confidence: calibrated on validation tasks of this shape, then adjusted on your own "
+            "labeled examples (each predicted from the others)."
+        )
     confident = (result.prediction.confidence >= 0.9).sum()
     st.write(f"{confident} of {len(result.images)} images are predicted with ≥ 90% confidence.")
     st.bar_chart(counts, x_label="class", y_label="images")

@@ -31,7 +31,7 @@ with st.container(border=True):
     pending_confidence = prediction.confidence[pending]
     count, precision = threshold_summary(pending_confidence, threshold)
     source = (
-        "confidence calibrated on your labeled examples"
+        "confidence calibrated on validation tasks and your labeled examples"
         if prediction.task_temperature
         else "confidence calibrated on validation tasks"
     )

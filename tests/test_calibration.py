@@ -1,7 +1,17 @@
 import numpy as np
+import pytest
 import torch
+from torch import Tensor
 
-from mssl_core.calibration import expected_calibration_error, fit_temperature
+from mssl_core.calibration import (
+    DOMAIN_PRIOR_SD,
+    expected_calibration_error,
+    fit_temperature,
+    leave_one_out_domain_factor,
+    task_shape,
+    temperature_for_shape,
+)
+from mssl_core.methods import make_method
 
 
 def test_fit_temperature_recovers_the_temperature_that_generated_labels():
@@ -19,17 +29,64 @@ def test_ece_is_small_when_calibrated_and_large_when_overconfident():
     assert expected_calibration_error(np.full(1000, 0.99), np.arange(1000) < 500) > 0.45
 
 
-def test_leave_one_out_temperature_tempers_an_overconfident_task():
-    from mssl_core.calibration import leave_one_out_temperature
-    from mssl_core.methods import make_method
-
+def _overlapping_classes(scale: float = 5.0) -> tuple[Tensor, Tensor]:
+    """Overlapping classes at a large scale: raw softmax of squared distances is far too sure."""
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(4).repeat_interleave(6)
-    # overlapping classes at a large scale: raw softmax of squared distances is far too sure
-    support = (torch.randn(4, 8, generator=generator)[labels] + torch.randn(24, 8, generator=generator)) * 5
+    support = (torch.randn(4, 8, generator=generator)[labels] + torch.randn(24, 8, generator=generator)) * scale
+    return support, labels
+
+
+def test_leave_one_out_domain_factor_tempers_an_overconfident_task():
     method = make_method("protonet")
-    assert leave_one_out_temperature(method, support, labels, None) > 5
-    assert leave_one_out_temperature(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None
+    support, labels = _overlapping_classes()
+    assert leave_one_out_domain_factor(method, support, labels, None) > 5
+    assert leave_one_out_domain_factor(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None
+
+
+def test_the_domain_factor_is_read_against_the_table_of_the_smaller_task():
+    support, labels = _overlapping_classes(scale=1.5)
+    plain, tabled = make_method("protonet"), make_method("protonet")
+    # leave-one-out fits have 5 shots, not 6: a table twice as sharp at 5 shots as at 10
+    # means the logits measured are twice as sharp, and the factor about twice as large (the
+    # prior on log r holds the larger one back a little)
+    tabled.temperatures[2] = 0.5
+    factor_plain = leave_one_out_domain_factor(plain, support, labels, None)
+    factor_tabled = leave_one_out_domain_factor(tabled, support, labels, None)
+    assert factor_plain > 1.5
+    assert 1.4 * factor_plain < factor_tabled < 2 * factor_plain
+
+
+def test_the_prior_keeps_a_few_labeled_images_from_moving_the_temperature_far():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [4.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, 1])  # one confident mistake in four
+    free = fit_temperature(logits, labels)
+    held = fit_temperature(logits, labels, prior_sd=DOMAIN_PRIOR_SD)
+    assert 1.0 < held < free
+
+
+def test_the_temperature_of_a_task_comes_from_its_shape():
+    table = torch.tensor([[1.0, 2.0, 4.0], [0.5, 1.0, 2.0], [0.25, 0.5, 1.0], [0.2, 0.4, 0.8]])
+    assert temperature_for_shape(table, 5, 10) == pytest.approx(0.5)
+    assert temperature_for_shape(table, 1, 20) == pytest.approx(4.0)
+    # halfway in log shots between 1 and 2 shots: the geometric mean
+    assert temperature_for_shape(table, 2**0.5, 5) == pytest.approx(0.5**0.5)
+    # beyond the grid: its edge
+    assert temperature_for_shape(table, 50, 2) == pytest.approx(0.2)
+    assert temperature_for_shape(table, 10, 100) == pytest.approx(0.8)
+    assert task_shape(torch.tensor([0, 0, 1, 1, 1, 2])) == (2.0, 3)
+
+
+def test_a_method_predicts_at_the_temperature_of_the_task_it_was_fitted_to():
+    method = make_method("protonet")
+    method.temperatures[:] = torch.tensor([[1.0], [0.5], [0.25], [0.2]])
+    support, labels = _overlapping_classes(scale=1.0)
+    method.fit(support[::3], labels[::3])  # 2 shots
+    assert method.shape == (2.0, 4) and method.temperature == pytest.approx(0.5)
+    expected = torch.softmax(method.logits(support) / 0.5, dim=1)
+    assert torch.allclose(method.predict_proba(support), expected)
+    method.fit(support, labels)  # 6 shots: between 5 and 10
+    assert 0.2 < method.temperature < 0.25
 
 
 def test_fit_temperature_stays_finite_on_perfectly_separable_logits():

@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from mssl_core.calibration import SHOTS_GRID, WAYS_GRID, task_shape, temperature_for_shape
+
 
 @runtime_checkable
 class Method(Protocol):
@@ -23,9 +25,11 @@ class FewShotMethod(nn.Module):
     """Base of the meta-trained methods: `fit` stores a task state, `logits` is differentiable,
     so meta-training drives exactly the `fit` / `predict_proba` path the app runs.
 
-    `temperature` is fitted after meta-training on validation classes (see calibration.py) so
-    that confidences mean what they say. `task_parameters` are the tensors `fit` produced that
-    ssl.py may fine-tune on the unlabeled images (entropy, consistency).
+    `temperatures` (one per task shape) are fitted after meta-training on validation classes
+    (see calibration.py) so that confidences mean what they say; `fit` records the task's
+    shape, `temperature` is then that task's. Subclasses implement `_fit`. `task_parameters` are
+    the tensors `fit` produced that ssl.py may fine-tune on the unlabeled images (entropy,
+    consistency).
     """
 
     name = ""
@@ -37,10 +41,21 @@ class FewShotMethod(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("temperature", torch.tensor(1.0))
+        self.register_buffer("temperatures", torch.ones(len(SHOTS_GRID), len(WAYS_GRID)))
+        self.shape = (1.0, WAYS_GRID[0])  # (labeled images per class, classes) of the fitted task
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> FewShotMethod:
+        self.shape = task_shape(support_labels)
+        self._fit(support, support_labels, unlabeled)
+        return self
+
+    def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
         raise NotImplementedError
+
+    @property
+    def temperature(self) -> float:
+        """The validation temperature of the fitted task's shape."""
+        return temperature_for_shape(self.temperatures, *self.shape)
 
     def logits(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -66,9 +81,8 @@ class MetricMethod(FewShotMethod):
         super().__init__()
         self.prototypes: Tensor | None = None
 
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> MetricMethod:
+    def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
         self.prototypes = self.compute_prototypes(support, support_labels, unlabeled)
-        return self
 
     def compute_prototypes(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> Tensor:
         raise NotImplementedError

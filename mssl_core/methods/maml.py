@@ -55,7 +55,7 @@ class MAML(FewShotMethod):
             loss = loss + unlabeled_loss(lambda x: _head_logits(head, x), unlabeled, self.ssl, generator)
         return loss
 
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> MAML:
+    def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
         support, unlabeled = ordinary(support), ordinary(unlabeled)
         prototypes = class_means(support, support_labels)
         head = (2 * prototypes, -prototypes.pow(2).sum(1))
@@ -71,7 +71,6 @@ class MAML(FewShotMethod):
                     gradients = tuple(g.detach() for g in gradients)
                 head = tuple(t - step_size * g for t, g in zip(head, gradients, strict=True))
         self.head = head if self.training else tuple(t.detach() for t in head)
-        return self
 
     def logits(self, x: Tensor) -> Tensor:
         if self.head is None:

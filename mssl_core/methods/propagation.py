@@ -96,7 +96,7 @@ class LabelPropagation(FewShotMethod):
             squared[others], indices[others] = self._nearest(x[others], self.nodes, k, exclude_self=False)
         return squared, indices
 
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> LabelPropagation:
+    def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
         nodes = support if unlabeled is None else torch.cat([support, unlabeled])
         n_classes = int(support_labels.max()) + 1
         labels = torch.zeros(len(nodes), n_classes, dtype=nodes.dtype)
@@ -104,7 +104,7 @@ class LabelPropagation(FewShotMethod):
         self.nodes, self.propagated, self.node_lists = nodes, labels, None
         if len(nodes) < 2:
             self.node_sigma = torch.ones(len(nodes), dtype=nodes.dtype)
-            return self
+            return
         squared, indices = self._node_neighbours(nodes)
         weights, self.node_sigma = self._affinities(squared, indices, None)
         alpha = torch.sigmoid(self.alpha_logit)
@@ -115,7 +115,7 @@ class LabelPropagation(FewShotMethod):
             normalised = inv_sqrt_degree.unsqueeze(1) * dense * inv_sqrt_degree.unsqueeze(0)
             identity = torch.eye(len(nodes), dtype=nodes.dtype)
             self.propagated = torch.linalg.solve(identity - alpha * normalised, labels)
-            return self
+            return
         # Large batches: the same fixed point F = alpha S F + Y by iteration, with the kNN graph
         # as a sparse matrix symmetrised as W + W^T instead of max(W, W^T); the error shrinks
         # by alpha (about 0.4) per step, so it stops once a step changes F by under TOLERANCE.
@@ -137,7 +137,6 @@ class LabelPropagation(FewShotMethod):
             self.propagated = alpha * (normalised @ previous) + labels
             if (self.propagated - previous).abs().max() < TOLERANCE:
                 break
-        return self
 
     def logits(self, x: Tensor) -> Tensor:
         if self.nodes is None:

@@ -56,7 +56,7 @@ class SupportSetMethod(FewShotMethod):
             self.stored_keys = torch.cat([self.stored_keys, keys])
             self.stored_labels = torch.cat([self.stored_labels, soft_labels])
 
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> SupportSetMethod:
+    def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
         n_classes = int(support_labels.max()) + 1
         self.stored_keys = self.stored_labels = None
         self.store(self.keys(support), nn.functional.one_hot(support_labels, n_classes).to(support))
@@ -65,7 +65,6 @@ class SupportSetMethod(FewShotMethod):
             confident = proba.detach().max(1).values >= self.threshold
             if confident.any():
                 self.store(self.keys(unlabeled[confident]), proba[confident])
-        return self
 
     def logits(self, x: Tensor) -> Tensor:
         if self.stored_keys is None:
