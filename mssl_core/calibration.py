@@ -14,7 +14,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-LOO_UNLABELED = 250  # unlabeled images used by the leave-one-out refits
+HELD_OUT_UNLABELED = 250  # unlabeled images used by the held-out refits
 MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwise drive T to 0
 SHOTS_GRID = (1, 2, 5, 10)  # labeled images per class of the validation tasks
 WAYS_GRID = (5, 10, 20)  # classes of the validation tasks
@@ -82,27 +82,37 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in rows) / total)
 
 
-def leave_one_out_domain_factor(
+def held_out_domain_factor(
     method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
 ) -> float | None:
     """How much the task's temperature should differ from the model's table, measured on the
     user's own labeled images: the table comes from validation characters, and photos of another
-    domain may need softer (or sharper) confidence. Each labeled image is predicted by the method
-    adapted without it, at the table's temperature for that smaller task; the factor r is the
-    most probable one for those predictions with log r ~ N(0, DOMAIN_PRIOR_SD²), so a few lucky
-    or unlucky images move it little. Multiply the task's own table temperature by r.
-    None when a class has a single image or the method has no temperature table."""
+    domain may need softer (or sharper) confidence.
+
+    Fold f holds out the f-th labeled image of every class, and the method adapted to the rest
+    predicts them, at the table's temperature for that smaller task. One image of every class at
+    once keeps the task balanced: holding out a single image leaves its own class one short,
+    which lowers its score in methods that sum over labeled images (siamese, matching) and would
+    read as a domain needing softer confidence. The factor r is the most probable one for those
+    predictions with log r ~ N(0, DOMAIN_PRIOR_SD²), so a few lucky or unlucky images move it
+    little. Multiply the task's own table temperature by r. None when a class has a single image
+    or the method has no temperature table."""
     counts = torch.bincount(support_labels)
     if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
         return None
-    if unlabeled is not None and len(unlabeled) > LOO_UNLABELED:
-        # one refit per labeled image: a fixed sample of the batch keeps that cheap at 10,000+
-        keep = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))[:LOO_UNLABELED]
+    if unlabeled is not None and len(unlabeled) > HELD_OUT_UNLABELED:
+        # one refit per fold: a fixed sample of the batch keeps that cheap at 10,000+
+        keep = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))[:HELD_OUT_UNLABELED]
         unlabeled = unlabeled[keep]
-    scaled_logits = []
+    position = torch.zeros(len(support_labels), dtype=torch.long)  # rank of each image in its class
+    for c in range(len(counts)):
+        members = (support_labels == c).nonzero().squeeze(1)
+        position[members] = torch.arange(len(members))
+    scaled_logits, held_labels = [], []
     with torch.no_grad():
-        for i in range(len(support)):
-            keep = torch.arange(len(support)) != i
-            method.fit(support[keep], support_labels[keep], unlabeled)
-            scaled_logits.append(method.logits(support[i : i + 1]) / method.temperature)
-    return fit_temperature(torch.cat(scaled_logits), support_labels, prior_sd=DOMAIN_PRIOR_SD)
+        for fold in range(int(counts.min())):
+            held = position == fold
+            method.fit(support[~held], support_labels[~held], unlabeled)
+            scaled_logits.append(method.logits(support[held]) / method.temperature)
+            held_labels.append(support_labels[held])
+    return fit_temperature(torch.cat(scaled_logits), torch.cat(held_labels), prior_sd=DOMAIN_PRIOR_SD)

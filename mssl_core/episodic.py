@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mssl_core.calibration import (
     expected_calibration_error,
-    leave_one_out_domain_factor,
+    held_out_domain_factor,
     reliability,
 )
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
@@ -74,7 +74,7 @@ def run_episodes(
 ) -> EpisodeResults:
     """Fit `method` on each episode and score its queries. Same seed, same episodes.
     `task_calibration`: also measure confidence with the domain factor of each support set (costs
-    one refit per support image)."""
+    one refit per shot)."""
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
     accuracies, confidences, correct, task_calibrated = [], [], [], []
     seconds = 0.0
@@ -84,7 +84,7 @@ def run_episodes(
         task_unlabeled = unlabeled if use_unlabeled else None
         # What the app does with 2+ shots: adjust the temperature on the support set itself.
         factor = (
-            leave_one_out_domain_factor(method, support, support_labels, task_unlabeled)
+            held_out_domain_factor(method, support, support_labels, task_unlabeled)
             if task_calibration
             else None
         )

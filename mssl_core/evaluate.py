@@ -152,8 +152,8 @@ def candidates(models: dict, dataset: str) -> list[Candidate]:
 
 
 def calibrated_on_support(setting: Setting, candidate: Candidate) -> bool:
-    """Whether a row also measures ECE* (the domain factor measured per task by leave-one-out,
-    one refit per support image): on the 5-way 5-shot settings without distractors (those with a
+    """Whether a row also measures ECE* (the domain factor measured per task on its held-out
+    labeled images, one refit per shot): on the 5-way 5-shot settings without distractors (those with a
     reliability diagram), for the rows that are what the app and CLI run."""
     spec = setting.spec
     app_row = candidate.name in ("logistic regression", "LabelSpreading", "nearest centroid") or not (
@@ -285,9 +285,9 @@ def format_table(rows: list[dict]) -> str:
         )
     lines.append(
         "\nECE: the temperature fitted on validation characters for the task's shape (ways x shots). "
-        "ECE*: that temperature times the domain factor measured on each task's own support set by "
-        "leave-one-out (what the app and CLI do when every class has 2+ images; 5-way 5-shot rows "
-        "without distractors, for the rows the app runs). "
+        "ECE*: that temperature times the domain factor measured on each task's own support set, "
+        "holding out one labeled image per class at a time (what the app and CLI do when every "
+        "class has 2+ images; 5-way 5-shot rows without distractors, for the rows the app runs). "
         "ms/task: adaptation + prediction time per task on cached embeddings. "
         "train s: meta-training wall time on this machine's 2 CPU cores. unlabeled: whether the "
         "row uses the unlabeled images (the same episodes either way)."

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import leave_one_out_domain_factor
+from mssl_core.calibration import held_out_domain_factor
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
@@ -154,12 +154,12 @@ def fit_task(
     `ssl` switched on.
 
     Confidence uses the validation temperature of the task's shape; where every class has two
-    or more labeled images, adjusted by the domain factor measured on them by leave-one-out
+    or more labeled images, adjusted by the domain factor measured on them, one per class held out at a time
     (see calibration.py)."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     # A private copy: app sessions run in threads and share one loaded model.
     method = with_ssl(copy.deepcopy(model.method), ssl)
-    factor = leave_one_out_domain_factor(method, support, support_labels, task_unlabeled)
+    factor = held_out_domain_factor(method, support, support_labels, task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
     return AdaptedTask(classes, method, None if factor is None else method.temperature * factor)
@@ -189,35 +189,43 @@ def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def _leave_one_out_accuracy(embeddings: Tensor, labels: Tensor) -> float | None:
-    """Nearest-class-mean accuracy, each support image held out in turn; None if any class has one image."""
-    counts = torch.bincount(labels)
-    if (counts < 2).any():
+def _leave_one_out_log_loss(model: Model, embeddings: Tensor, labels: Tensor) -> float | None:
+    """Mean negative log-probability of each labeled image's class, predicted by the method
+    adapted to the others at its calibrated temperature: a proper score, so it rewards being
+    right and being honestly confident. None if any class has a single image."""
+    if (torch.bincount(labels) < 2).any():
         return None
-    hits = []
-    for i in range(len(labels)):
-        keep = torch.arange(len(labels)) != i
-        means = torch.stack([embeddings[keep & (labels == c)].mean(0) for c in range(len(counts))])
-        hits.append(int(torch.cdist(embeddings[i : i + 1], means).argmin()) == int(labels[i]))
-    return float(np.mean(hits))
+    method = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
+    losses = []
+    with torch.no_grad():
+        for i in range(len(labels)):
+            keep = torch.arange(len(labels)) != i
+            method.fit(embeddings[keep], labels[keep], None)
+            probability = method.predict_proba(embeddings[i : i + 1])[0, labels[i]]
+            losses.append(-float(probability.clamp_min(1e-12).log()))
+    return float(np.mean(losses))
 
 
 def choose_backbone(
     images: Sequence[Image.Image], labels: Tensor, method: str, folder: Path = MODELS_DIR
 ) -> tuple[str, str]:
-    """(backbone, reason). Measured on the support set by leave-one-out when every class has
-    two images; otherwise small grayscale images go to Conv-4 and everything else to MobileNetV2."""
+    """(backbone, reason). Measured on the support set by leave-one-out log loss with `method`
+    when every class has two images; otherwise small grayscale images go to Conv-4 and
+    everything else to MobileNetV2."""
     candidates = [b for b in BACKBONE_PREFERENCE if f"{b}-protonet" in available_models(folder)]
     if len(candidates) == 1:
         return candidates[0], "the only backbone installed"
     scores = {}
     for backbone in candidates:
         model = model_for(method, backbone, folder)
-        scores[backbone] = _leave_one_out_accuracy(embed_images(model.backbone, images), labels)
+        scores[backbone] = _leave_one_out_log_loss(model, embed_images(model.backbone, images), labels)
     if all(score is not None for score in scores.values()):
-        best = max(candidates, key=lambda b: scores[b])
-        measured = ", ".join(f"{b} {scores[b]:.0%}" for b in candidates)
-        return best, f"backbone {best}: best leave-one-out accuracy on the support set ({measured})"
+        best = min(candidates, key=lambda b: scores[b])
+        measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
+        return best, (
+            f"backbone {best}: each labeled image predicted from the others, it scored best "
+            f"(log loss {measured}; lower is better)"
+        )
     small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
     best = "conv4" if small_gray else "mobilenetv2"
     kind = "small grayscale images" if small_gray else "photos or large/colour images"

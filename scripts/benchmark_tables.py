@@ -1,5 +1,5 @@
-"""Markdown summaries of a saved benchmark (`docs/benchmark.json`) for the README, and the full
-plain-text table (`docs/benchmark.txt`):
+"""Markdown summaries of a saved benchmark (`docs/benchmark.json`) for the README (accuracy, and
+calibration on the 5-shot settings), and the full plain-text table (`docs/benchmark.txt`):
 
     python -m mssl_core evaluate --jobs 2 --json > docs/benchmark.json
     PYTHONPATH=. python scripts/benchmark_tables.py docs/benchmark.json
@@ -57,8 +57,45 @@ def markdown(rows: list[dict], backbone_for: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def calibration_markdown(rows: list[dict]) -> str:
+    """ECE of the rows the app runs (each model as shipped) on every 5-shot setting, both
+    backbones on the real sets; ECE* (with the per-task domain factor) in brackets where measured."""
+    columns = list(
+        dict.fromkeys(
+            (r["dataset"], r["setting"], r["backbone"])
+            for r in rows
+            if r["shots"] == 5 and r["backbone"] != "pixels" and r["train_s"]
+        )
+    )
+    names = list(dict.fromkeys(r["method"].split(" ")[0].split("-", 1)[1] for r in rows if r["train_s"]))
+
+    def ece(dataset: str, setting: str, backbone: str, method: str) -> str:
+        row = next(
+            (
+                r
+                for r in rows
+                if (r["dataset"], r["setting"], r["method"]) == (dataset, setting, f"{backbone}-{method}")
+            ),
+            None,
+        )
+        if row is None:
+            return ""
+        star = row.get("ece_support_calibrated")
+        return f"{row['ece']:.3f}" + ("" if star is None else f" ({star:.3f})")
+
+    header = ["method"] + [
+        f"{d} {s.split(',')[0]}{', distr.' if 'distractor' in s else ''} ({b})" for d, s, b in columns
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in names:
+        lines.append("| " + " | ".join([method] + [ece(*column, method) for column in columns]) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json")
     rows = json.loads(path.read_text())
     path.with_suffix(".txt").write_text(format_table(rows) + "\n")
     print(markdown(rows, {"fashion-mnist": "mobilenetv2"}))
+    print()
+    print(calibration_markdown(rows))

@@ -7,7 +7,7 @@ from mssl_core.calibration import (
     DOMAIN_PRIOR_SD,
     expected_calibration_error,
     fit_temperature,
-    leave_one_out_domain_factor,
+    held_out_domain_factor,
     task_shape,
     temperature_for_shape,
 )
@@ -37,11 +37,11 @@ def _overlapping_classes(scale: float = 5.0) -> tuple[Tensor, Tensor]:
     return support, labels
 
 
-def test_leave_one_out_domain_factor_tempers_an_overconfident_task():
+def test_held_out_domain_factor_tempers_an_overconfident_task():
     method = make_method("protonet")
     support, labels = _overlapping_classes()
-    assert leave_one_out_domain_factor(method, support, labels, None) > 5
-    assert leave_one_out_domain_factor(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None
+    assert held_out_domain_factor(method, support, labels, None) > 5
+    assert held_out_domain_factor(method, support[:5], torch.tensor([0, 0, 1, 1, 2]), None) is None
 
 
 def test_the_domain_factor_is_read_against_the_table_of_the_smaller_task():
@@ -51,8 +51,8 @@ def test_the_domain_factor_is_read_against_the_table_of_the_smaller_task():
     # means the logits measured are twice as sharp, and the factor about twice as large (the
     # prior on log r holds the larger one back a little)
     tabled.temperatures[2] = 0.5
-    factor_plain = leave_one_out_domain_factor(plain, support, labels, None)
-    factor_tabled = leave_one_out_domain_factor(tabled, support, labels, None)
+    factor_plain = held_out_domain_factor(plain, support, labels, None)
+    factor_tabled = held_out_domain_factor(tabled, support, labels, None)
     assert factor_plain > 1.5
     assert 1.4 * factor_plain < factor_tabled < 2 * factor_plain
 

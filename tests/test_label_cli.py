@@ -144,3 +144,25 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
     result = labeling.label_folders(support, unlabeled, folder=tiny_models, log=lambda _: None)
     assert fitted == [6]
     assert sum(1 for row in result.rows if row.label) == len(truth)
+
+
+def test_auto_backbone_is_the_one_whose_leave_one_out_predictions_score_best(tiny_models, monkeypatch):
+    from mssl_core import labeling
+
+    save_model(
+        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
+    )
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(4)
+    separated = (
+        torch.randn(3, 16, generator=generator)[labels] * 3 + torch.randn(12, 16, generator=generator) * 0.3
+    )
+    mixed = torch.randn(12, 16, generator=generator)
+    for winner in ("conv4", "mobilenetv2"):
+        monkeypatch.setattr(
+            labeling,
+            "embed_images",
+            lambda backbone, images, w=winner: separated if backbone.name == w else mixed,
+        )
+        backbone, reason = labeling.choose_backbone([None] * 12, labels, "protonet", tiny_models)
+        assert backbone == winner and "log loss" in reason
