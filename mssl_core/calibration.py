@@ -19,6 +19,7 @@ MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwis
 SHOTS_GRID = (1, 2, 5, 10)  # labeled images per class of the validation tasks
 WAYS_GRID = (5, 10, 20)  # classes of the validation tasks
 DOMAIN_PRIOR_SD = 1.0  # prior sd of log(domain factor): the table holds within a factor e
+# (checked on simulated shifts of validation characters: scripts/calibration_under_shift.py)
 
 
 def task_shape(support_labels: Tensor) -> tuple[float, int]:
@@ -83,7 +84,11 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def held_out_domain_factor(
-    method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
+    method,
+    support: Tensor,
+    support_labels: Tensor,
+    unlabeled: Tensor | None,
+    prior_sd: float | None = DOMAIN_PRIOR_SD,
 ) -> float | None:
     """How much the task's temperature should differ from the model's table, measured on the
     user's own labeled images: the table comes from validation characters, and photos of another
@@ -94,9 +99,9 @@ def held_out_domain_factor(
     once keeps the task balanced: holding out a single image leaves its own class one short,
     which lowers its score in methods that sum over labeled images (siamese, matching) and would
     read as a domain needing softer confidence. The factor r is the most probable one for those
-    predictions with log r ~ N(0, DOMAIN_PRIOR_SD²), so a few lucky or unlucky images move it
-    little. Multiply the task's own table temperature by r. None when a class has a single image
-    or the method has no temperature table."""
+    predictions with log r ~ N(0, prior_sd²), so a few lucky or unlucky images move it little
+    (`prior_sd` None: the most likely one). Multiply the task's own table temperature by r.
+    None when a class has a single image or the method has no temperature table."""
     counts = torch.bincount(support_labels)
     if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
         return None
@@ -115,4 +120,4 @@ def held_out_domain_factor(
             method.fit(support[~held], support_labels[~held], unlabeled)
             scaled_logits.append(method.logits(support[held]) / method.temperature)
             held_labels.append(support_labels[held])
-    return fit_temperature(torch.cat(scaled_logits), torch.cat(held_labels), prior_sd=DOMAIN_PRIOR_SD)
+    return fit_temperature(torch.cat(scaled_logits), torch.cat(held_labels), prior_sd=prior_sd)
