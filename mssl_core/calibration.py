@@ -83,32 +83,28 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in rows) / total)
 
 
-def held_out_domain_factor(
-    method,
-    support: Tensor,
-    support_labels: Tensor,
-    unlabeled: Tensor | None,
-    prior_sd: float | None = DOMAIN_PRIOR_SD,
-) -> float | None:
-    """How much the task's temperature should differ from the model's table, measured on the
-    user's own labeled images: the table comes from validation characters, and photos of another
-    domain may need softer (or sharper) confidence.
+def _calibrated_logits(method, x: Tensor) -> Tensor:
+    """Logits at the table's temperature; for baselines without one, log-probabilities (whose
+    softmax is the same probabilities)."""
+    if hasattr(method, "temperature"):
+        return method.logits(x) / method.temperature
+    return method.predict_proba(x).clamp_min(1e-12).log()
 
-    Fold f holds out the f-th labeled image of every class, and the method adapted to the rest
-    predicts them, at the table's temperature for that smaller task. One image of every class at
-    once keeps the task balanced: holding out a single image leaves its own class one short,
-    which lowers its score in methods that sum over labeled images (siamese, matching) and would
-    read as a domain needing softer confidence. The factor r is the most probable one for those
-    predictions with log r ~ N(0, prior_sd²), so a few lucky or unlucky images move it little
-    (`prior_sd` None: the most likely one). Multiply the task's own table temperature by r.
-    None when a class has a single image or the method has no temperature table."""
-    counts = torch.bincount(support_labels)
-    if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
-        return None
+
+def held_out_predictions(
+    method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Logits (at the table's temperature, see `_calibrated_logits`) and labels of the user's
+    labeled images, each predicted by the method adapted to the others: fold f holds out the
+    f-th labeled image of every class. One image of every class at once keeps the task
+    balanced: holding out a single image leaves its own class one short, which lowers its score
+    in methods that sum over labeled images (siamese, matching). Every class needs two or more
+    images."""
     if unlabeled is not None and len(unlabeled) > HELD_OUT_UNLABELED:
         # one refit per fold: a fixed sample of the batch keeps that cheap at 10,000+
         keep = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))[:HELD_OUT_UNLABELED]
         unlabeled = unlabeled[keep]
+    counts = torch.bincount(support_labels)
     position = torch.zeros(len(support_labels), dtype=torch.long)  # rank of each image in its class
     for c in range(len(counts)):
         members = (support_labels == c).nonzero().squeeze(1)
@@ -118,6 +114,27 @@ def held_out_domain_factor(
         for fold in range(int(counts.min())):
             held = position == fold
             method.fit(support[~held], support_labels[~held], unlabeled)
-            scaled_logits.append(method.logits(support[held]) / method.temperature)
+            scaled_logits.append(_calibrated_logits(method, support[held]))
             held_labels.append(support_labels[held])
-    return fit_temperature(torch.cat(scaled_logits), torch.cat(held_labels), prior_sd=prior_sd)
+    return torch.cat(scaled_logits), torch.cat(held_labels)
+
+
+def held_out_domain_factor(
+    method,
+    support: Tensor,
+    support_labels: Tensor,
+    unlabeled: Tensor | None,
+    prior_sd: float | None = DOMAIN_PRIOR_SD,
+) -> float | None:
+    """How much the task's temperature should differ from the model's table, measured on the
+    user's own labeled images (`held_out_predictions`): the table comes from validation
+    characters, and photos of another domain may need softer (or sharper) confidence. The
+    factor r is the most probable one for those predictions with log r ~ N(0, prior_sd²), so a
+    few lucky or unlucky images move it little (`prior_sd` None: the most likely one). Multiply
+    the task's own table temperature by r. None when a class has a single image or the method
+    has no temperature table."""
+    counts = torch.bincount(support_labels)
+    if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
+        return None
+    logits, labels = held_out_predictions(method, support, support_labels, unlabeled)
+    return fit_temperature(logits, labels, prior_sd=prior_sd)

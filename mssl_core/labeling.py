@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import held_out_domain_factor
+from mssl_core.calibration import HELD_OUT_UNLABELED, held_out_domain_factor, held_out_predictions
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
@@ -154,8 +154,7 @@ def fit_task(
     `ssl` switched on.
 
     Confidence uses the validation temperature of the task's shape; where every class has two
-    or more labeled images, adjusted by the domain factor measured on them, one per class held out at a time
-    (see calibration.py)."""
+    or more labeled images, times the domain factor measured on them (see calibration.py)."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     # A private copy: app sessions run in threads and share one loaded model.
     method = with_ssl(copy.deepcopy(model.method), ssl)
@@ -189,36 +188,48 @@ def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def _leave_one_out_log_loss(model: Model, embeddings: Tensor, labels: Tensor) -> float | None:
+def _fixed_sample(paths: Sequence[Path], count: int) -> list[Path]:
+    """Up to `count` of `paths`, a fixed random sample in their order."""
+    return [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:count])]
+
+
+def _held_out_log_loss(
+    model: Model, embeddings: Tensor, labels: Tensor, unlabeled: Tensor | None
+) -> float | None:
     """Mean negative log-probability of each labeled image's class, predicted by the method
-    adapted to the others at its calibrated temperature: a proper score, so it rewards being
-    right and being honestly confident. None if any class has a single image."""
+    adapted to the others at its validation temperature (calibration.held_out_predictions): a
+    proper score, so it rewards being right and being honestly confident. None if any class
+    has a single image."""
     if (torch.bincount(labels) < 2).any():
         return None
     method = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
-    losses = []
-    with torch.no_grad():
-        for i in range(len(labels)):
-            keep = torch.arange(len(labels)) != i
-            method.fit(embeddings[keep], labels[keep], None)
-            probability = method.predict_proba(embeddings[i : i + 1])[0, labels[i]]
-            losses.append(-float(probability.clamp_min(1e-12).log()))
-    return float(np.mean(losses))
+    logits, held_labels = held_out_predictions(method, embeddings, labels, unlabeled)
+    return float(torch.nn.functional.cross_entropy(logits, held_labels))
 
 
 def choose_backbone(
-    images: Sequence[Image.Image], labels: Tensor, method: str, folder: Path = MODELS_DIR
+    images: Sequence[Image.Image],
+    labels: Tensor,
+    method: str,
+    folder: Path = MODELS_DIR,
+    unlabeled_paths: Sequence[Path] = (),
+    cache: EmbeddingCache | None = None,
 ) -> tuple[str, str]:
-    """(backbone, reason). Measured on the support set by leave-one-out log loss with `method`
-    when every class has two images; otherwise small grayscale images go to Conv-4 and
-    everything else to MobileNetV2."""
+    """(backbone, reason). Measured on the support set by held-out log loss with `method` when
+    every class has two images, the method adapting with a fixed sample of the unlabeled
+    images as it will when labeling (embedded through `cache`, so the run that follows finds
+    them there); otherwise small grayscale images go to Conv-4 and everything else to
+    MobileNetV2."""
     candidates = [b for b in BACKBONE_PREFERENCE if f"{b}-protonet" in available_models(folder)]
     if len(candidates) == 1:
         return candidates[0], "the only backbone installed"
+    sample = _fixed_sample(unlabeled_paths, HELD_OUT_UNLABELED)
     scores = {}
     for backbone in candidates:
         model = model_for(method, backbone, folder)
-        scores[backbone] = _leave_one_out_log_loss(model, embed_images(model.backbone, images), labels)
+        embedded = embed_files(model.backbone, model.backbone_key, sample, cache, log=lambda _: None)
+        unlabeled = torch.from_numpy(embedded.embeddings) if len(embedded.embeddings) else None
+        scores[backbone] = _held_out_log_loss(model, embed_images(model.backbone, images), labels, unlabeled)
     if all(score is not None for score in scores.values()):
         best = min(candidates, key=lambda b: scores[b])
         measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
@@ -263,8 +274,11 @@ def prepare_support(
     backbone: str = "auto",
     folder: Path | None = None,
     log: Callable[[str], None] = print,
+    unlabeled_paths: Sequence[Path] = (),
+    cache: EmbeddingCache | None = None,
 ) -> Support:
-    """Decode the class folders of `support_dir`, choose the backbone, embed them."""
+    """Decode the class folders of `support_dir`, choose the backbone (measured with a sample
+    of `unlabeled_paths`), embed them."""
     folder = folder or MODELS_DIR
     method = method or default_method(folder)
     support_files = class_folder_files(support_dir)
@@ -280,7 +294,7 @@ def prepare_support(
     images = [im for im, _ in usable]
     labels = torch.tensor([classes.index(label) for _, label in usable])
     if backbone == "auto":
-        backbone, reason = choose_backbone(images, labels, method, folder)
+        backbone, reason = choose_backbone(images, labels, method, folder, unlabeled_paths, cache)
     else:
         reason = f"backbone {backbone}: chosen by the user"
     model = model_for(method, backbone, folder)
@@ -303,12 +317,12 @@ def label_folders(
     The batch streams through the network (see bulk.py): memory holds its embeddings, not its
     images. With a `cache`, images embedded before by the same model are not embedded again."""
     started = time.perf_counter()
-    task_support = prepare_support(support_dir, method, backbone, folder, log)
+    unlabeled_paths = list_files(unlabeled_dir)
+    task_support = prepare_support(support_dir, method, backbone, folder, log, unlabeled_paths, cache)
     model_seconds = time.perf_counter() - started
     model, classes = task_support.model, task_support.classes
     support, labels, reason = task_support.embeddings, task_support.labels, task_support.reason
 
-    unlabeled_paths = list_files(unlabeled_dir)
     embedded = embed_files(model.backbone, model.backbone_key, unlabeled_paths, cache, log, progress)
     started = time.perf_counter()
     unlabeled = torch.from_numpy(embedded.embeddings)

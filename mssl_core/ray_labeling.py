@@ -116,12 +116,12 @@ def label_folders_on_ray(
     only counts: a cluster's batch need not fit in the driver's memory."""
     import ray
 
-    support = prepare_support(support_dir, method, backbone, folder, log)
+    paths = list_files(unlabeled_dir)
+    support = prepare_support(support_dir, method, backbone, folder, log, paths)
     connect(address, threads_per_actor)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in file order
     context.enable_progress_bars = False
-    paths = list_files(unlabeled_dir)
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_actor)
     items = [{"index": i, "path": str(p)} for i, p in enumerate(paths)]
     model = support.model

@@ -97,7 +97,10 @@ if st.button("Pseudo-label", type="primary"):
     if backbone == "auto":
         images = [decode_image(image.path) for image, _ in support]
         labels = torch.tensor([classes.index(label) for _, label in support])
-        backbone, reason = choose_backbone(images, labels, method)
+        unlabeled_paths = [image.path for image in project.images("unlabeled")]
+        backbone, reason = choose_backbone(
+            images, labels, method, unlabeled_paths=unlabeled_paths, cache=embedding_cache()
+        )
         st.caption(reason)
     bar = st.progress(0.0, text="Embedding images (each image only once, then cached)…")
     with saved_or_reported():

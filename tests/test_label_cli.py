@@ -166,3 +166,56 @@ def test_auto_backbone_is_the_one_whose_leave_one_out_predictions_score_best(tin
         )
         backbone, reason = labeling.choose_backbone([None] * 12, labels, "protonet", tiny_models)
         assert backbone == winner and "log loss" in reason
+
+
+@pytest.mark.parametrize("method", ["logreg", "label-spreading"])
+def test_auto_backbone_scores_baselines_too(tiny_models, monkeypatch, method):
+    from mssl_core import labeling
+
+    save_model(
+        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
+    )
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(4)
+    separated = (
+        torch.randn(3, 16, generator=generator)[labels] * 3 + torch.randn(12, 16, generator=generator) * 0.3
+    )
+    mixed = torch.randn(12, 16, generator=generator)
+    monkeypatch.setattr(
+        labeling, "embed_images", lambda b, images: separated if b.name == "mobilenetv2" else mixed
+    )
+    backbone, reason = labeling.choose_backbone([None] * 12, labels, method, tiny_models)
+    assert backbone == "mobilenetv2" and "log loss" in reason
+
+
+def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(tiny_models, tmp_path):
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from mssl_core import labeling
+    from mssl_core.embedding_cache import EmbeddingCache
+
+    save_model(
+        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
+    )
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 30, (28, 28), dtype=np.uint8) + v) for v in (40,) * 3 + (200,) * 3
+    ]
+    batch = []
+    for i in range(5):
+        batch.append(tmp_path / f"batch{i}.png")
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(batch[-1])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    backbone, reason = labeling.choose_backbone(
+        images, labels, "protonet", tiny_models, [*batch, tmp_path / "broken.png"], cache
+    )
+    assert backbone in ("conv4", "mobilenetv2") and "log loss" in reason
+    hashes = [hashlib.sha256(path.read_bytes()).hexdigest() for path in batch]
+    for name in ("conv4", "mobilenetv2"):
+        model = labeling.model_for("protonet", name, tiny_models)
+        assert len(cache.get_many(model.backbone_key, hashes)) == 5  # the labeling run reuses them
