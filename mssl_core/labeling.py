@@ -188,11 +188,6 @@ def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def _fixed_sample(paths: Sequence[Path], count: int) -> list[Path]:
-    """Up to `count` of `paths`, a fixed random sample in their order."""
-    return [paths[i] for i in sorted(np.random.default_rng(0).permutation(len(paths))[:count])]
-
-
 def _held_out_log_loss(
     model: Model, embeddings: Tensor, labels: Tensor, unlabeled: Tensor | None
 ) -> float | None:
@@ -223,7 +218,7 @@ def choose_backbone(
     candidates = [b for b in BACKBONE_PREFERENCE if f"{b}-protonet" in available_models(folder)]
     if len(candidates) == 1:
         return candidates[0], "the only backbone installed"
-    sample = _fixed_sample(unlabeled_paths, HELD_OUT_UNLABELED)
+    sample = [unlabeled_paths[i] for i in fit_sample(len(unlabeled_paths), HELD_OUT_UNLABELED)]
     scores = {}
     for backbone in candidates:
         model = model_for(method, backbone, folder)
