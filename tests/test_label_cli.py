@@ -146,49 +146,35 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
     assert sum(1 for row in result.rows if row.label) == len(truth)
 
 
-def test_auto_backbone_is_the_one_whose_leave_one_out_predictions_score_best(tiny_models, monkeypatch):
-    from mssl_core import labeling
-
+@pytest.fixture
+def both_backbones(tiny_models: Path) -> Path:
+    """The tiny models folder with an (untrained) MobileNetV2 checkpoint beside the Conv-4 ones."""
     save_model(
         Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
     )
+    return tiny_models
+
+
+@pytest.mark.parametrize("method", ["protonet", "logreg", "label-spreading"])
+@pytest.mark.parametrize("winner", ["conv4", "mobilenetv2"])
+def test_auto_backbone_is_the_one_whose_held_out_predictions_score_best(
+    both_backbones, monkeypatch, method, winner
+):
+    from mssl_core import labeling
+
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(4)
     separated = (
         torch.randn(3, 16, generator=generator)[labels] * 3 + torch.randn(12, 16, generator=generator) * 0.3
     )
     mixed = torch.randn(12, 16, generator=generator)
-    for winner in ("conv4", "mobilenetv2"):
-        monkeypatch.setattr(
-            labeling,
-            "embed_images",
-            lambda backbone, images, w=winner: separated if backbone.name == w else mixed,
-        )
-        backbone, reason = labeling.choose_backbone([None] * 12, labels, "protonet", tiny_models)
-        assert backbone == winner and "log loss" in reason
+    # no unlabeled paths: the support set alone
+    monkeypatch.setattr(labeling, "embed_images", lambda b, images: separated if b.name == winner else mixed)
+    backbone, reason = labeling.choose_backbone([None] * 12, labels, method, both_backbones)
+    assert backbone == winner and "log loss" in reason
 
 
-@pytest.mark.parametrize("method", ["logreg", "label-spreading"])
-def test_auto_backbone_scores_baselines_too(tiny_models, monkeypatch, method):
-    from mssl_core import labeling
-
-    save_model(
-        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
-    )
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(3).repeat_interleave(4)
-    separated = (
-        torch.randn(3, 16, generator=generator)[labels] * 3 + torch.randn(12, 16, generator=generator) * 0.3
-    )
-    mixed = torch.randn(12, 16, generator=generator)
-    monkeypatch.setattr(
-        labeling, "embed_images", lambda b, images: separated if b.name == "mobilenetv2" else mixed
-    )
-    backbone, reason = labeling.choose_backbone([None] * 12, labels, method, tiny_models)
-    assert backbone == "mobilenetv2" and "log loss" in reason
-
-
-def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(tiny_models, tmp_path):
+def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(both_backbones, tmp_path):
     import hashlib
 
     import numpy as np
@@ -197,9 +183,6 @@ def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(tiny_mo
     from mssl_core import labeling
     from mssl_core.embedding_cache import EmbeddingCache
 
-    save_model(
-        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
-    )
     rng = np.random.default_rng(0)
     images = [
         Image.fromarray(rng.integers(0, 30, (28, 28), dtype=np.uint8) + v) for v in (40,) * 3 + (200,) * 3
@@ -212,10 +195,10 @@ def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(tiny_mo
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
     backbone, reason = labeling.choose_backbone(
-        images, labels, "protonet", tiny_models, [*batch, tmp_path / "broken.png"], cache
+        images, labels, "protonet", both_backbones, [*batch, tmp_path / "broken.png"], cache
     )
     assert backbone in ("conv4", "mobilenetv2") and "log loss" in reason
     hashes = [hashlib.sha256(path.read_bytes()).hexdigest() for path in batch]
     for name in ("conv4", "mobilenetv2"):
-        model = labeling.model_for("protonet", name, tiny_models)
+        model = labeling.model_for("protonet", name, both_backbones)
         assert len(cache.get_many(model.backbone_key, hashes)) == 5  # the labeling run reuses them
