@@ -119,6 +119,19 @@ def held_out_predictions(
     return torch.cat(scaled_logits), torch.cat(held_labels)
 
 
+def held_out_log_loss(
+    method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
+) -> float | None:
+    """Mean negative log-probability of each labeled image's class, predicted by the method
+    adapted to the others at its table's temperature (`held_out_predictions`): a proper score,
+    so it rewards being right and being honestly confident. None if any class has one image.
+    Leaves `method` fitted to a fold: fit it again before predicting."""
+    if (torch.bincount(support_labels) < 2).any():
+        return None
+    logits, labels = held_out_predictions(method, support, support_labels, unlabeled)
+    return float(torch.nn.functional.cross_entropy(logits, labels))
+
+
 def held_out_domain_factor(
     method,
     support: Tensor,

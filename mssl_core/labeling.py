@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import HELD_OUT_UNLABELED, held_out_domain_factor, held_out_predictions
+from mssl_core.calibration import HELD_OUT_UNLABELED, held_out_domain_factor, held_out_log_loss
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
@@ -188,20 +188,6 @@ def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def _held_out_log_loss(
-    model: Model, embeddings: Tensor, labels: Tensor, unlabeled: Tensor | None
-) -> float | None:
-    """Mean negative log-probability of each labeled image's class, predicted by the method
-    adapted to the others at its validation temperature (calibration.held_out_predictions): a
-    proper score, so it rewards being right and being honestly confident. None if any class
-    has a single image."""
-    if (torch.bincount(labels) < 2).any():
-        return None
-    method = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
-    logits, held_labels = held_out_predictions(method, embeddings, labels, unlabeled)
-    return float(torch.nn.functional.cross_entropy(logits, held_labels))
-
-
 def choose_backbone(
     images: Sequence[Image.Image],
     labels: Tensor,
@@ -224,7 +210,9 @@ def choose_backbone(
         model = model_for(method, backbone, folder)
         embedded = embed_files(model.backbone, model.backbone_key, sample, cache, log=lambda _: None)
         unlabeled = torch.from_numpy(embedded.embeddings) if len(embedded.embeddings) else None
-        scores[backbone] = _held_out_log_loss(model, embed_images(model.backbone, images), labels, unlabeled)
+        method_copy = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
+        support = embed_images(model.backbone, images)
+        scores[backbone] = held_out_log_loss(method_copy, support, labels, unlabeled)
     if all(score is not None for score in scores.values()):
         best = min(candidates, key=lambda b: scores[b])
         measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
@@ -232,10 +220,17 @@ def choose_backbone(
             f"backbone {best}: each labeled image predicted from the others, it scored best "
             f"(log loss {measured}; lower is better)"
         )
-    small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
-    best = "conv4" if small_gray else "mobilenetv2"
-    kind = "small grayscale images" if small_gray else "photos or large/colour images"
+    best, kind = backbone_by_image_kind(images)
     return best, f"backbone {best}: {kind} (too few shots to measure)"
+
+
+def backbone_by_image_kind(images: Sequence[Image.Image]) -> tuple[str, str]:
+    """(backbone, kind of images) where nothing can be measured: small grayscale images
+    (drawings, characters) go to Conv-4, everything else to MobileNetV2."""
+    small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
+    if small_gray:
+        return "conv4", "small grayscale images"
+    return "mobilenetv2", "photos or large/colour images"
 
 
 def decode_all(paths: Sequence[Path], log: Callable[[str], None]) -> tuple[list, list[str]]:

@@ -81,6 +81,15 @@ def tiny_models(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def both_backbones(tiny_models: Path) -> Path:
+    """The tiny models folder with an (untrained) MobileNetV2 checkpoint beside the Conv-4 ones."""
+    save_model(
+        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
+    )
+    return tiny_models
+
+
+@pytest.fixture
 def refuse_outbound(tmp_path, monkeypatch):
     """Every connection off the machine is refused and logged; the test fails if one was tried."""
     from network_guard.sitecustomize import install

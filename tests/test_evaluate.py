@@ -78,3 +78,43 @@ def test_embedded_pools_are_cached_on_disk_by_checkpoint_and_content(tiny_models
     assert torch.equal(first, again)
     other = evaluate.cached_pool("characters", model.backbone_key, model.backbone, images[:, :20])
     assert other.shape[0] == 6 * 20 and len(list((tmp_path / "cache" / "pools").iterdir())) == 2
+
+
+def _separated_and_mixed_pools() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two embeddings of the same 6 classes x 40 images: one separates the classes, one is noise."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(40)
+    centres = torch.randn(6, 8, generator=generator) * 4
+    separated = centres[labels] + torch.randn(240, 8, generator=generator) * 0.5
+    return separated, torch.randn(240, 8, generator=generator)
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_backbone_choice_takes_the_backbone_that_predicts_the_labeled_images_best(shots):
+    from mssl_core.data.episodes import EpisodeSpec
+    from mssl_core.episodic import BackboneChoice, run_episodes
+    from mssl_core.methods import make_method
+
+    separated, mixed = _separated_and_mixed_pools()
+    spec = EpisodeSpec(5, shots, 4, 0, 5)
+    options = {"good": (make_method("softkmeans"), separated), "noise": (make_method("softkmeans"), mixed)}
+    # at one shot nothing can be held out: every task goes to the fallback, here the worse one
+    result = run_episodes(BackboneChoice(options, fallback="noise"), None, 6, 40, spec, 20, 0)
+    expected = "good" if shots > 1 else "noise"
+    assert result.chosen == {expected: 20}
+    alone = run_episodes(make_method("softkmeans"), options[expected][1], 6, 40, spec, 20, 0)
+    assert np.array_equal(result.accuracies, alone.accuracies)  # the same episodes, the same fits
+
+
+def test_benchmark_has_an_automatic_backbone_row_per_method_on_both_backbones(both_backbones, monkeypatch):
+    monkeypatch.setattr(evaluate, "image_pool", _blob_pool)
+    rows = evaluate.run_benchmark(episodes=4, quick=True, folder=both_backbones, log=lambda _: None)
+    automatic = [r for r in rows if r["backbone"] == "auto"]
+    # only prototypical networks exist on both backbones; characters run on Conv-4 alone
+    assert [(r["dataset"], r["method"]) for r in automatic] == [("fashion-mnist", "auto-protonet")]
+    assert sum(automatic[0]["chosen"].values()) == 4
+    assert set(automatic[0]["chosen"]) <= {"conv4", "mobilenetv2"}
+    assert automatic[0]["ece_support_calibrated"] is not None  # what the app reports, at 5 shots
+    assert "conv4" in evaluate.format_table(rows).splitlines()[-3] or "auto-protonet" in evaluate.format_table(
+        rows
+    )

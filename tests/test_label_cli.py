@@ -146,15 +146,6 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
     assert sum(1 for row in result.rows if row.label) == len(truth)
 
 
-@pytest.fixture
-def both_backbones(tiny_models: Path) -> Path:
-    """The tiny models folder with an (untrained) MobileNetV2 checkpoint beside the Conv-4 ones."""
-    save_model(
-        Model("mobilenetv2-protonet", make_backbone("mobilenetv2"), make_method("protonet")), tiny_models
-    )
-    return tiny_models
-
-
 @pytest.mark.parametrize("method", ["protonet", "logreg", "label-spreading"])
 @pytest.mark.parametrize("winner", ["conv4", "mobilenetv2"])
 def test_auto_backbone_is_the_one_whose_held_out_predictions_score_best(
