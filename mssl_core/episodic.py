@@ -4,6 +4,7 @@ interval and the calibration of the reported confidence. Shared by training and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,10 +68,10 @@ class BackboneChoice:
     """One method per backbone, each with its embeddings of the same pool. Each task goes to the
     backbone whose method predicts the task's own labeled images best (held-out log loss, as
     `label --backbone auto` does), or to `fallback` when a class has a single labeled image
-    (the app's rule by image size and colour, which the caller applies to the pool)."""
+    (the app's rule by kind of image, which the caller applies to the episode's images)."""
 
     options: dict[str, tuple[object, Tensor]]  # backbone -> (method, pool embeddings)
-    fallback: str
+    fallback: Callable[[Episode], str]
 
     def choose(self, episode: Episode, use_unlabeled: bool) -> tuple[str, object, Tensor]:
         """(backbone, its method, its pool) for one episode; the method is left unfitted."""
@@ -79,7 +80,9 @@ class BackboneChoice:
             support, labels, unlabeled, _ = episode_tensors(pool, episode)
             scores[backbone] = held_out_log_loss(method, support, labels, unlabeled if use_unlabeled else None)
         measured = {b: s for b, s in scores.items() if s is not None}
-        best = min(measured, key=measured.__getitem__) if len(measured) == len(scores) else self.fallback
+        best = (
+            min(measured, key=measured.__getitem__) if len(measured) == len(scores) else self.fallback(episode)
+        )
         return (best, *self.options[best])
 
 

@@ -177,8 +177,12 @@ def candidate_inputs(candidate: Candidate, dataset: str, images: np.ndarray) -> 
         part.backbone_name: (part.method, cached_pool(dataset, part.backbone_key, part.backbone, images))
         for part in candidate.choice_of
     }
-    fallback, _ = backbone_by_image_kind([Image.fromarray(images[0, 0])])  # the app's rule at one shot
-    return BackboneChoice(options, fallback), None
+    flat = images.reshape(-1, *images.shape[2:])
+
+    def by_image_kind(episode) -> str:  # the app's rule where nothing can be held out
+        return backbone_by_image_kind([Image.fromarray(flat[i]) for i in episode.support])[0]
+
+    return BackboneChoice(options, by_image_kind), None
 
 
 def calibrated_on_support(setting: Setting, candidate: Candidate) -> bool:
@@ -326,7 +330,8 @@ def format_table(rows: list[dict]) -> str:
         "train s: meta-training wall time on this machine's 2 CPU cores. unlabeled: whether the "
         "row uses the unlabeled images (the same episodes either way). backbone auto: each task "
         "takes the backbone whose model predicts the task's held-out labeled images best (lowest "
-        "log loss), as `label --backbone auto` does; at 1 shot, the rule by image kind (these small "
-        "grayscale images: Conv-4); the tasks each backbone took follow the row."
+        "log loss), as `label --backbone auto` does; at 1 shot, the rule by kind of image (small "
+        "grayscale drawings to Conv-4, the rest to MobileNetV2); the tasks each backbone took "
+        "follow the row."
     )
     return "\n".join(lines).lstrip("\n")

@@ -99,7 +99,7 @@ def test_backbone_choice_takes_the_backbone_that_predicts_the_labeled_images_bes
     spec = EpisodeSpec(5, shots, 4, 0, 5)
     options = {"good": (make_method("softkmeans"), separated), "noise": (make_method("softkmeans"), mixed)}
     # at one shot nothing can be held out: every task goes to the fallback, here the worse one
-    result = run_episodes(BackboneChoice(options, fallback="noise"), None, 6, 40, spec, 20, 0)
+    result = run_episodes(BackboneChoice(options, lambda episode: "noise"), None, 6, 40, spec, 20, 0)
     expected = "good" if shots > 1 else "noise"
     assert result.chosen == {expected: 20}
     alone = run_episodes(make_method("softkmeans"), options[expected][1], 6, 40, spec, 20, 0)

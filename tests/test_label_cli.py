@@ -193,3 +193,30 @@ def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(both_ba
     for name in ("conv4", "mobilenetv2"):
         model = labeling.model_for("protonet", name, both_backbones)
         assert len(cache.get_many(model.backbone_key, hashes)) == 5  # the labeling run reuses them
+
+
+def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_mobilenetv2(both_backbones):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from mssl_core import labeling
+
+    def drawing(i: int) -> Image.Image:
+        image = Image.new("L", (28, 28), 0)
+        ImageDraw.Draw(image).line([(4, 4 + i), (24, 20 - i)], fill=255, width=3)
+        return image
+
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(40, 220, (28, 28), dtype=np.uint8)) for _ in range(3)]
+    labels = torch.arange(3)  # one image per class: nothing to hold out
+    assert labeling.choose_backbone([drawing(i) for i in range(3)], labels, "protonet", both_backbones) == (
+        "conv4",
+        "backbone conv4: small grayscale drawings (too few shots to measure)",
+    )
+    backbone, reason = labeling.choose_backbone(photos, labels, "protonet", both_backbones)
+    assert backbone == "mobilenetv2" and "photos" in reason
+    large = [drawing(i).resize((256, 256)) for i in range(3)]
+    colour = [drawing(i).convert("RGB") for i in range(3)]
+    assert (
+        labeling.backbone_by_image_kind(large)[0] == labeling.backbone_by_image_kind(colour)[0] == "mobilenetv2"
+    )
