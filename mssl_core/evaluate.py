@@ -180,7 +180,10 @@ def candidate_inputs(candidate: Candidate, dataset: str, images: np.ndarray) -> 
     flat = images.reshape(-1, *images.shape[2:])
 
     def by_image_kind(episode) -> str:  # the app's rule where nothing can be held out
-        return backbone_by_image_kind([Image.fromarray(flat[i]) for i in episode.support])[0]
+        support, batch = (
+            [Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)
+        )
+        return backbone_by_image_kind(support, batch)[0]
 
     return BackboneChoice(options, by_image_kind), None
 

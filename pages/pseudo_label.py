@@ -130,6 +130,12 @@ if st.button("Pseudo-label", type="primary"):
             "Confidence: calibrated on validation tasks of this shape, then adjusted on your own "
             "labeled examples (each predicted from the others)."
         )
+    else:
+        st.warning(
+            "Confidence could not be checked on your own images: some class has a single labeled "
+            "example, so it comes from validation tasks alone, and on images unlike those it can "
+            "run high. Label a second example of every class to have it checked."
+        )
     confident = (result.prediction.confidence >= 0.9).sum()
     st.write(f"{confident} of {len(result.images)} images are predicted with ≥ 90% confidence.")
     st.bar_chart(counts, x_label="class", y_label="images")

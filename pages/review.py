@@ -33,7 +33,7 @@ with st.container(border=True):
     source = (
         "confidence calibrated on validation tasks and your labeled examples"
         if prediction.task_temperature
-        else "confidence calibrated on validation tasks"
+        else "confidence from validation tasks only, not checked on your images"
     )
     expected = f", expected precision {precision:.1%} ({source})" if count else ""
     st.write(f"Accepts **{count}** images{expected}.")

@@ -146,3 +146,21 @@ def test_deleting_the_project_from_the_upload_page(app):
     assert not app.exception
     assert store.list_projects() == []
     assert "project" not in app.session_state
+
+
+def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_checked(app):
+    from mssl_core.images import list_files
+    from mssl_core.ingest import DEMO_DIR, UploadedFile, ingest
+
+    project = store.open_project("demo", create=False)
+    first_per_class = {p.parent.name: p for p in reversed(list_files(DEMO_DIR / "labeled"))}
+    ingest(project, [UploadedFile(p.name, p.read_bytes(), c) for c, p in first_per_class.items()], "labeled")
+    unlabeled = list_files(DEMO_DIR / "unlabeled")[:20]
+    ingest(project, [UploadedFile(p.name, p.read_bytes()) for p in unlabeled], "unlabeled")
+    app.switch_page("pages/pseudo_label.py").run()
+    _button(app, "Pseudo-label").click().run()
+    assert not app.exception
+    assert "Pseudo-labeled 20 images" in app.success[0].value
+    # the automatic choice had nothing to hold out: clothing photos go to MobileNetV2 by kind
+    assert any("mobilenetv2: photos" in c.value for c in app.caption)
+    assert any("could not be checked on your own images" in w.value for w in app.warning)

@@ -215,6 +215,10 @@ def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_mobilenetv2(
     )
     backbone, reason = labeling.choose_backbone(photos, labels, "protonet", both_backbones)
     assert backbone == "mobilenetv2" and "photos" in reason
+    dark_on_light = [Image.eval(drawing(i), lambda v: 255 - v) for i in range(3)]
+    assert labeling.backbone_by_image_kind(dark_on_light)[0] == "conv4"
+    # the unlabeled batch counts too: drawings among many photos are not a drawing task
+    assert labeling.backbone_by_image_kind(dark_on_light, photos * 3)[0] == "mobilenetv2"
     large = [drawing(i).resize((256, 256)) for i in range(3)]
     colour = [drawing(i).convert("RGB") for i in range(3)]
     assert (
