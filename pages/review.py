@@ -30,12 +30,18 @@ with st.container(border=True):
     threshold = st.slider("Confidence threshold", 0.5, 1.0, 0.95, 0.01)
     pending_confidence = prediction.confidence[pending]
     count, precision = threshold_summary(pending_confidence, threshold)
-    source = (
-        "confidence calibrated on validation tasks and your labeled examples"
-        if prediction.task_temperature
-        else "confidence from validation tasks only, not checked on your images"
-    )
-    expected = f", expected precision {precision:.1%} ({source})" if count else ""
+    if not count:
+        expected = ""
+    elif prediction.task_temperature:
+        expected = (
+            f", expected precision {precision:.1%} (confidence calibrated on validation tasks and "
+            "your labeled examples)"
+        )
+    else:  # one labeled image in some class: off validation's domain the estimate can be far off
+        expected = (
+            "; precision not estimated: with a single labeled example in some class, confidence "
+            "could not be checked on your images"
+        )
     st.write(f"Accepts **{count}** images{expected}.")
     if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
         with saved_or_reported():

@@ -164,3 +164,7 @@ def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_chec
     # the automatic choice had nothing to hold out: clothing photos go to MobileNetV2 by kind
     assert any("mobilenetv2: photos" in c.value for c in app.caption)
     assert any("could not be checked on your own images" in w.value for w in app.warning)
+    app.switch_page("pages/review.py").run()
+    assert not app.exception
+    summary = next(m.value for m in app.markdown if m.value.startswith("Accepts "))
+    assert "precision not estimated" in summary and "expected precision" not in summary
