@@ -220,11 +220,12 @@ def choose_backbone(
         best = min(candidates, key=lambda b: scores[b])
         measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
         return best, (
-            f"backbone {best}: each labeled image predicted from the others, it scored best "
-            f"(log loss {measured}; lower is better)"
+            f"image features {best}: your labeled examples, each predicted from the others, came "
+            f"out best with it (log loss {measured}; lower is better)"
         )
     best, kind = backbone_by_image_kind(images, readable_images(sample))
-    return best, f"backbone {best}: {kind} (too few shots to measure)"
+    why = "a class has one labeled example: too few to measure which does better"
+    return best, f"image features {best}: {kind} ({why})"
 
 
 def backbone_by_image_kind(images: Sequence[Image.Image], batch: Iterable[Image.Image] = ()) -> tuple[str, str]:
@@ -235,7 +236,7 @@ def backbone_by_image_kind(images: Sequence[Image.Image], batch: Iterable[Image.
     if the labeled ones qualify) is a pen stroke's."""
     small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
     if small_gray and np.median([ink_purity(im) for im in (*images, *batch)]) >= DRAWING_INK_PURITY:
-        return "conv4", "small grayscale drawings"
+        return "conv4", "small grayscale drawings, like the characters it learned from"
     return "mobilenetv2", "photos, or large or colour images"
 
 
@@ -311,7 +312,7 @@ def prepare_support(
     if backbone == "auto":
         backbone, reason = choose_backbone(images, labels, method, folder, unlabeled_paths, cache)
     else:
-        reason = f"backbone {backbone}: chosen by the user"
+        reason = f"image features {backbone}: chosen by the user"
     model = model_for(method, backbone, folder)
     return Support(classes, labels, embed_images(model.backbone, images), model, reason)
 

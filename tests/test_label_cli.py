@@ -211,7 +211,8 @@ def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_mobilenetv2(
     labels = torch.arange(3)  # one image per class: nothing to hold out
     assert labeling.choose_backbone([drawing(i) for i in range(3)], labels, "protonet", both_backbones) == (
         "conv4",
-        "backbone conv4: small grayscale drawings (too few shots to measure)",
+        "image features conv4: small grayscale drawings, like the characters it learned from "
+        "(a class has one labeled example: too few to measure which does better)",
     )
     backbone, reason = labeling.choose_backbone(photos, labels, "protonet", both_backbones)
     assert backbone == "mobilenetv2" and "photos" in reason
