@@ -99,6 +99,11 @@ def _wait_until_idle(page) -> None:
 def _shot(page, path: Path) -> None:
     """A screenshot of the finished page, with no tooltip in the way."""
     _wait_until_idle(page)
+    # charts draw after the script has finished: wait until each has its canvas
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stVegaLiteChart]')]"
+        ".every(c => c.querySelector('canvas, svg'))"
+    )
     page.mouse.move(1, 1)
     page.screenshot(path=path, full_page=True)
 
