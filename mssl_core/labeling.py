@@ -208,6 +208,10 @@ def choose_backbone(
     if len(candidates) == 1:
         return candidates[0], "the only backbone installed"
     sample = [unlabeled_paths[i] for i in fit_sample(len(unlabeled_paths), HELD_OUT_UNLABELED)]
+    if (torch.bincount(labels) < 2).any():
+        best, kind = backbone_by_image_kind(images, readable_images(sample))
+        why = "a class has one labeled example: too few to measure which does better"
+        return best, f"image features {best}: {kind} ({why})"
     scores = {}
     for backbone in candidates:
         model = model_for(method, backbone, folder)
@@ -216,16 +220,12 @@ def choose_backbone(
         method_copy = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
         support = embed_images(model.backbone, images)
         scores[backbone] = held_out_log_loss(method_copy, support, labels, unlabeled)
-    if all(score is not None for score in scores.values()):
-        best = min(candidates, key=lambda b: scores[b])
-        measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
-        return best, (
-            f"image features {best}: your labeled examples, each predicted from the others, came "
-            f"out best with it (log loss {measured}; lower is better)"
-        )
-    best, kind = backbone_by_image_kind(images, readable_images(sample))
-    why = "a class has one labeled example: too few to measure which does better"
-    return best, f"image features {best}: {kind} ({why})"
+    best = min(candidates, key=scores.__getitem__)
+    measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
+    return best, (
+        f"image features {best}: your labeled examples, each predicted from the others, came "
+        f"out best with it (log loss {measured}; lower is better)"
+    )
 
 
 def backbone_by_image_kind(images: Sequence[Image.Image], batch: Iterable[Image.Image] = ()) -> tuple[str, str]:
