@@ -75,14 +75,16 @@ class BackboneChoice:
 
     def choose(self, episode: Episode, use_unlabeled: bool) -> tuple[str, object, Tensor]:
         """(backbone, its method, its pool) for one episode; the method is left unfitted."""
-        scores = {}
-        for backbone, (method, pool) in self.options.items():
-            support, labels, unlabeled, _ = episode_tensors(pool, episode)
-            scores[backbone] = held_out_log_loss(method, support, labels, unlabeled if use_unlabeled else None)
-        measured = {b: s for b, s in scores.items() if s is not None}
-        best = (
-            min(measured, key=measured.__getitem__) if len(measured) == len(scores) else self.fallback(episode)
-        )
+        if np.bincount(episode.support_labels).min() < 2:
+            best = self.fallback(episode)
+        else:
+            scores = {}
+            for backbone, (method, pool) in self.options.items():
+                support, labels, unlabeled, _ = episode_tensors(pool, episode)
+                scores[backbone] = held_out_log_loss(
+                    method, support, labels, unlabeled if use_unlabeled else None
+                )
+            best = min(scores, key=scores.__getitem__)
         return (best, *self.options[best])
 
 
