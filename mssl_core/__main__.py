@@ -1,4 +1,4 @@
-"""Command line: `python -m mssl_core {label,train,evaluate,bench} ...` (see README.md)."""
+"""Command line: `python -m mssl_core {label,train,evaluate,crossdomain,bench} ...` (see README.md)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
+    return 0
+
+
+def _crossdomain(args: argparse.Namespace) -> int:
+    from mssl_core.crossdomain import RESULTS_PATH, fit_source_margin, format_table, run_crossdomain
+
+    rows = run_crossdomain(args.domains, args.episodes, args.seed, tuple(args.shots), args.jobs, log=_stderr)
+    if args.out:  # per-episode records too: what --fit-margin reads
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+    if args.publish:
+        RESULTS_PATH.write_text(json.dumps([r for r in rows if "records" not in r], indent=1))
+        RESULTS_PATH.with_suffix(".txt").write_text(format_table(rows) + "\n")
+    development = [r for r in rows if r["role"] == "development"]
+    if args.fit_margin and development:
+        print(f"source margin fitted on the development domains: {fit_source_margin(development)}")
+    print(json.dumps([r for r in rows if "records" not in r], indent=2) if args.json else format_table(rows))
     return 0
 
 
@@ -143,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--unlabeled", required=True, help="folder of images to label (searched recursively)")
     label.add_argument("--out", required=True, help="CSV to write: path,label,confidence,error,p_<class>...")
     label.add_argument("--method", default=None, help="method name (default: the best measured)")
-    label.add_argument("--backbone", default="auto", help="auto (default), conv4 or mobilenetv2")
+    label.add_argument(
+        "--backbone",
+        default="auto",
+        help="image features: auto (default), imagenet, conv4, pixels or mobilenetv2",
+    )
     label.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
     label.add_argument(
         "--cache",
@@ -203,6 +223,28 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.add_argument("--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)")
     evaluate.set_defaults(run=_evaluate)
+
+    crossdomain = commands.add_parser(
+        "crossdomain", help="print the cross-domain table (install its data: scripts/install_domains.sh)"
+    )
+    crossdomain.add_argument("--domains", nargs="+", help="only these domains (default: all)")
+    crossdomain.add_argument("--episodes", type=int, default=200, help="episodes per row (default 200)")
+    crossdomain.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
+    crossdomain.add_argument("--seed", type=int, default=0)
+    crossdomain.add_argument(
+        "--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)"
+    )
+    crossdomain.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    crossdomain.add_argument("--out", help="also write every row and per-episode record to this JSON file")
+    crossdomain.add_argument(
+        "--fit-margin", action="store_true", help="print the source margin fitted on the development domains"
+    )
+    crossdomain.add_argument(
+        "--publish",
+        action="store_true",
+        help="write docs/crossdomain.json and .txt (the Model page reads them)",
+    )
+    crossdomain.set_defaults(run=_crossdomain)
 
     bench = commands.add_parser("bench", help="print speed and memory figures for this machine")
     bench.add_argument("--json", action="store_true", help="print JSON instead of tables")

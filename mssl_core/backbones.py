@@ -143,6 +143,7 @@ class MobileNetV2Backbone(Backbone):
 
     name = "mobilenetv2"
     feature_dim = 1280
+    onnx_stem = "mobilenetv2-features"  # the exported file's name: one per kind of features
 
     def __init__(self, image_size: int = 224, head_dim: int = 256):
         super().__init__()
@@ -193,7 +194,7 @@ class MobileNetV2Backbone(Backbone):
             return None
         from mssl_core.data.paths import cache_dir
 
-        path = cache_dir() / f"mobilenetv2-features-{self.image_size}px-torch{torch.__version__}.onnx"
+        path = cache_dir() / f"{self.onnx_stem}-{self.image_size}px-torch{torch.__version__}.onnx"
         if path not in _ONNX_SESSIONS:  # the frozen features are the same for every checkpoint
             if not path.exists():
                 self._export_onnx(path)

@@ -113,7 +113,10 @@ def held_out_predictions(
     with torch.no_grad():
         for fold in range(int(counts.min())):
             held = position == fold
-            method.fit(support[~held], support_labels[~held], unlabeled)
+            # the held-out images join the unlabeled ones, as the batch images they stand for
+            # do: transductive methods then score them the way they score the batch
+            fold_unlabeled = support[held] if unlabeled is None else torch.cat([unlabeled, support[held]])
+            method.fit(support[~held], support_labels[~held], fold_unlabeled)
             scaled_logits.append(_calibrated_logits(method, support[held]))
             held_labels.append(support_labels[held])
     return torch.cat(scaled_logits), torch.cat(held_labels)

@@ -4,7 +4,6 @@ interval and the calibration of the reported confidence. Shared by training and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +13,6 @@ from torch import Tensor
 from mssl_core.calibration import (
     expected_calibration_error,
     held_out_domain_factor,
-    held_out_log_loss,
     reliability,
 )
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
@@ -29,7 +27,6 @@ class EpisodeResults:
     correct: np.ndarray
     seconds_per_episode: float
     task_calibrated_confidence: np.ndarray | None = None  # with the domain factor of each support set
-    chosen: dict[str, int] | None = None  # tasks per backbone, for a BackboneChoice
 
     @property
     def task_calibrated_ece(self) -> float | None:
@@ -63,35 +60,10 @@ def episode_tensors(pool: Tensor, episode: Episode) -> tuple[Tensor, Tensor, Ten
     )
 
 
-@dataclass
-class BackboneChoice:
-    """One method per backbone, each with its embeddings of the same pool. Each task goes to the
-    backbone whose method predicts the task's own labeled images best (held-out log loss, as
-    `label --backbone auto` does), or to `fallback` when a class has a single labeled image
-    (the app's rule by kind of image, which the caller applies to the episode's images)."""
-
-    options: dict[str, tuple[object, Tensor]]  # backbone -> (method, pool embeddings)
-    fallback: Callable[[Episode], str]
-
-    def choose(self, episode: Episode, use_unlabeled: bool) -> tuple[str, object, Tensor]:
-        """(backbone, its method, its pool) for one episode; the method is left unfitted."""
-        if np.bincount(episode.support_labels).min() < 2:
-            best = self.fallback(episode)
-        else:
-            scores = {}
-            for backbone, (method, pool) in self.options.items():
-                support, labels, unlabeled, _ = episode_tensors(pool, episode)
-                scores[backbone] = held_out_log_loss(
-                    method, support, labels, unlabeled if use_unlabeled else None
-                )
-            best = min(scores, key=scores.__getitem__)
-        return (best, *self.options[best])
-
-
 @torch.no_grad()
 def run_episodes(
     method,
-    pool: Tensor | None,
+    pool: Tensor,
     n_classes: int,
     n_per_class: int,
     spec: EpisodeSpec,
@@ -101,32 +73,24 @@ def run_episodes(
     task_calibration: bool = True,
 ) -> EpisodeResults:
     """Fit `method` on each episode and score its queries. Same seed, same episodes.
-    `method` may be a `BackboneChoice` (then `pool` is unused): its choice is timed with the
-    adaptation. `task_calibration`: also measure confidence with the domain factor of each
-    support set (costs one refit per shot)."""
+    `task_calibration`: also measure confidence with the domain factor of each support set
+    (costs one refit per shot)."""
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
     accuracies, confidences, correct, task_calibrated = [], [], [], []
-    chosen: dict[str, int] = {}
     seconds = 0.0
     for _ in range(episodes):
         episode = sampler.sample()
-        started = time.perf_counter()
-        task_method, task_pool = method, pool
-        if isinstance(method, BackboneChoice):
-            backbone, task_method, task_pool = method.choose(episode, use_unlabeled)
-            chosen[backbone] = chosen.get(backbone, 0) + 1
-        seconds += time.perf_counter() - started
-        support, support_labels, unlabeled, query = episode_tensors(task_pool, episode)
+        support, support_labels, unlabeled, query = episode_tensors(pool, episode)
         task_unlabeled = unlabeled if use_unlabeled else None
         # What the app does with 2+ shots: adjust the temperature on the support set itself.
         factor = (
-            held_out_domain_factor(task_method, support, support_labels, task_unlabeled)
+            held_out_domain_factor(method, support, support_labels, task_unlabeled)
             if task_calibration
             else None
         )
         started = time.perf_counter()
-        task_method.fit(support, support_labels, task_unlabeled)
-        proba = task_method.predict_proba(query)
+        method.fit(support, support_labels, task_unlabeled)
+        proba = method.predict_proba(query)
         seconds += time.perf_counter() - started
         confidence, predicted = proba.max(1)
         hit = predicted.numpy() == episode.query_labels
@@ -134,7 +98,7 @@ def run_episodes(
         confidences.append(confidence.numpy())
         correct.append(hit)
         if factor is not None:
-            recalibrated = torch.softmax(task_method.logits(query) / (task_method.temperature * factor), dim=1)
+            recalibrated = torch.softmax(method.logits(query) / (method.temperature * factor), dim=1)
             task_calibrated.append(recalibrated.max(1).values.numpy())
     return EpisodeResults(
         np.asarray(accuracies),
@@ -142,5 +106,4 @@ def run_episodes(
         np.concatenate(correct),
         seconds / episodes,
         np.concatenate(task_calibrated) if task_calibrated else None,
-        chosen or None,
     )

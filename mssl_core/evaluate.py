@@ -27,8 +27,8 @@ from mssl_core.data import characters
 from mssl_core.data.episodes import EpisodeSpec
 from mssl_core.data.paths import cache_dir
 from mssl_core.data.real import as_class_pool, load_fashion_mnist, load_mnist
-from mssl_core.episodic import BackboneChoice, run_episodes
-from mssl_core.labeling import backbone_by_image_kind, record_default_in_cards
+from mssl_core.episodic import run_episodes
+from mssl_core.labeling import record_default_in_cards
 from mssl_core.methods import make_method
 from mssl_core.ssl import SELF_TRAINING, with_ssl
 
@@ -90,7 +90,6 @@ class Candidate:
     method: object
     use_unlabeled: bool = True
     train_s: float | None = None
-    choice_of: tuple[Candidate, ...] = ()  # backbone "auto": each task picks one of these rows
 
     @property
     def semi_supervised(self) -> bool:
@@ -149,43 +148,12 @@ def candidates(models: dict, dataset: str) -> list[Candidate]:
                 Candidate(labeled_only, backbone_name, key, model.backbone, model.method, False, train_s),
                 Candidate(semi, backbone_name, key, model.backbone, semi_method, True, train_s),
             ]
-    return rows + automatic_backbone_rows(rows, backbones)
+    return rows
 
 
-def automatic_backbone_rows(rows: list[Candidate], backbones: list[str]) -> list[Candidate]:
-    """Per method on every backbone, the row the app and CLI run with `--backbone auto`: each
-    task takes the backbone whose row named like the model predicts its labeled images best."""
-    if len(backbones) < 2:
-        return []
-    by_name = {r.name: r for r in rows}
-    methods = [
-        r.name.split("-", 1)[1] for r in rows if r.name.startswith(f"{backbones[0]}-") and " " not in r.name
-    ]
-    automatic = []
-    for method in dict.fromkeys(methods):
-        parts = tuple(by_name[f"{b}-{method}"] for b in backbones if f"{b}-{method}" in by_name)
-        if len(parts) == len(backbones):
-            automatic.append(Candidate(f"auto-{method}", "auto", "auto", None, None, choice_of=parts))
-    return automatic
-
-
-def candidate_inputs(candidate: Candidate, dataset: str, images: np.ndarray) -> tuple[object, Tensor | None]:
-    """What `run_episodes` takes for a row: its method and pool, or a `BackboneChoice`."""
-    if not candidate.choice_of:
-        return candidate.method, cached_pool(dataset, candidate.backbone_key, candidate.backbone, images)
-    options = {
-        part.backbone_name: (part.method, cached_pool(dataset, part.backbone_key, part.backbone, images))
-        for part in candidate.choice_of
-    }
-    flat = images.reshape(-1, *images.shape[2:])
-
-    def by_image_kind(episode) -> str:  # the app's rule where nothing can be held out
-        support, batch = (
-            [Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)
-        )
-        return backbone_by_image_kind(support, batch)[0]
-
-    return BackboneChoice(options, by_image_kind), None
+def candidate_inputs(candidate: Candidate, dataset: str, images: np.ndarray) -> tuple[object, Tensor]:
+    """What `run_episodes` takes for a row: its method and pool."""
+    return candidate.method, cached_pool(dataset, candidate.backbone_key, candidate.backbone, images)
 
 
 def calibrated_on_support(setting: Setting, candidate: Candidate) -> bool:
@@ -239,8 +207,6 @@ def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODEL
             "ms_per_episode": round(result.seconds_per_episode * 1000, 2),
             "train_s": candidate.train_s,
         }
-        if result.chosen:
-            row["chosen"] = dict(sorted(result.chosen.items()))
         if setting.spec.shots == 5 and setting.spec.ways == 5 and not setting.spec.distractors:
             row["reliability"] = result.reliability()
         rows.append(row)
@@ -272,8 +238,6 @@ def run_benchmark(
         for dataset in dict.fromkeys(s.dataset for s in settings(quick)):
             images = image_pool(dataset)
             for candidate in candidates(models, dataset):
-                if candidate.choice_of:
-                    continue  # its parts are rows of their own
                 cached_pool(dataset, candidate.backbone_key, candidate.backbone, images)
         with ProcessPoolExecutor(jobs) as pool:
             work = [(i, episodes, seed, quick, folder) for i in reversed(indices)]  # largest first
@@ -322,7 +286,6 @@ def format_table(rows: list[dict]) -> str:
         lines.append(
             f"  {row['method']:38s} {row['backbone']:12s} {'yes' if row['semi_supervised'] else 'no':>9s} "
             f"{accuracy:>20s} {row['ece']:6.3f} {recalibrated:>6s} {row['ms_per_episode']:8.1f} {train_s:>8s}"
-            + "".join(f"  {b} {n}" for b, n in row.get("chosen", {}).items())
         )
     lines.append(
         "\nECE: the temperature fitted on validation characters for the task's shape (ways x shots). "
@@ -331,10 +294,8 @@ def format_table(rows: list[dict]) -> str:
         "class has 2+ images; 5-way 5-shot rows without distractors, for the rows the app runs). "
         "ms/task: adaptation + prediction time per task on cached embeddings. "
         "train s: meta-training wall time on this machine's 2 CPU cores. unlabeled: whether the "
-        "row uses the unlabeled images (the same episodes either way). backbone auto: each task "
-        "takes the backbone whose model predicts the task's held-out labeled images best (lowest "
-        "log loss), as `label --backbone auto` does; at 1 shot, the rule by kind of image (small "
-        "grayscale drawings to Conv-4, the rest to MobileNetV2); the tasks each backbone took "
-        "follow the row."
+        "row uses the unlabeled images (the same episodes either way). What `label` and the app "
+        "run by default (the feature source chosen per task) is measured by "
+        "`python -m mssl_core crossdomain`."
     )
     return "\n".join(lines).lstrip("\n")

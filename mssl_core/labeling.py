@@ -25,11 +25,20 @@ from mssl_core.bulk import embed_files
 from mssl_core.calibration import HELD_OUT_UNLABELED, held_out_domain_factor, held_out_log_loss
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.embedding_cache import EmbeddingCache
+from mssl_core.feature_sources import CENTRED_SOURCES, centred_model
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
 from mssl_core.methods import METHODS, make_method
 from mssl_core.ssl import SSLOptions, with_ssl
 
-BACKBONE_PREFERENCE = ("conv4", "mobilenetv2")
+# Image features the automatic choice compares, the default first (see `choose_backbone`).
+FEATURE_SOURCES = ("imagenet", "conv4", "pixels", "mobilenetv2")
+# Both fitted on the development domains only (`python -m mssl_core crossdomain --fit-margin`,
+# `crossdomain.fit_one_shot_factors`; docs/crossdomain.txt): the log loss another source must
+# win by over the default (a few held-out images pick a winner noisily), and the factor on the
+# temperature table where confidence cannot be checked on the user's images (one labeled image
+# in a class): the table comes from characters and is far too sure of itself on other images.
+SOURCE_MARGIN = 0.2
+UNCHECKED_FACTORS = {"imagenet": 5.389, "conv4": 2.406}
 SMALL_GRAY_SIDE = 64  # at most this size and grayscale: drawings/characters, Conv-4's domain
 # Pen strokes are mostly pure ink: the median meta-training character has 41% of its non-
 # background pixels within 10% of full ink, and 99% have at least 19.6%; photographs' graded tones
@@ -45,7 +54,7 @@ class Prediction:
     classes: list[str]
     probabilities: np.ndarray
     embeddings: np.ndarray
-    task_temperature: float | None = None  # adjusted on the user's labeled images, if it could be
+    confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
 
     @property
     def labels(self) -> list[str]:
@@ -118,10 +127,14 @@ def load_card(name: str, folder: Path = MODELS_DIR) -> dict:
 
 
 def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
-    """The meta-trained checkpoint for (backbone, method); baselines borrow the backbone of
-    the prototypical checkpoint, since they are not meta-trained themselves."""
+    """The model for (image features, method): a meta-trained checkpoint, or for the headless
+    sources (`imagenet`, `pixels`) the MobileNetV2 checkpoint's method on task-centred features
+    (see feature_sources.py). Baselines borrow the features of the prototypical checkpoint,
+    since they are not meta-trained themselves."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if backbone in CENTRED_SOURCES:
+        return centred_model(model_for(method, "mobilenetv2", folder), backbone)
     if getattr(METHODS[method], "meta_trained", True):
         return load_model(f"{backbone}-{method}", folder)
     model = load_model(f"{backbone}-protonet", folder)
@@ -134,7 +147,8 @@ class AdaptedTask:
 
     classes: list[str]
     method: object
-    temperature: float | None  # adjusted on the user's labeled images, if it could be
+    temperature: float | None  # None: the method's own (baselines without a temperature table)
+    confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
 
     def probabilities(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -143,7 +157,7 @@ class AdaptedTask:
             return torch.softmax(self.method.logits(x) / self.temperature, dim=1)
 
     def predict(self, x: Tensor) -> Prediction:
-        return Prediction(self.classes, self.probabilities(x).numpy(), x.numpy(), self.temperature)
+        return Prediction(self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked)
 
 
 def fit_task(
@@ -158,14 +172,18 @@ def fit_task(
     `ssl` switched on.
 
     Confidence uses the validation temperature of the task's shape; where every class has two
-    or more labeled images, times the domain factor measured on them (see calibration.py)."""
+    or more labeled images, times the domain factor measured on them (see calibration.py),
+    otherwise times the factor fitted for the features on the development domains."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     # A private copy: app sessions run in threads and share one loaded model.
     method = with_ssl(copy.deepcopy(model.method), ssl)
     factor = held_out_domain_factor(method, support, support_labels, task_unlabeled)
+    checked = factor is not None
+    if not checked and hasattr(method, "temperature"):
+        factor = UNCHECKED_FACTORS.get(model.backbone.name, 1.0)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
-    return AdaptedTask(classes, method, None if factor is None else method.temperature * factor)
+    return AdaptedTask(classes, method, None if factor is None else method.temperature * factor, checked)
 
 
 def adapt(
@@ -200,13 +218,16 @@ def choose_backbone(
     unlabeled_paths: Sequence[Path] = (),
     cache: EmbeddingCache | None = None,
 ) -> tuple[str, str]:
-    """(backbone, reason). Measured on the support set by held-out log loss with `method` when
-    every class has two images, the method adapting with a fixed sample of the unlabeled
-    images as it will when labeling (embedded through `cache`, so the run that follows finds
-    them there); otherwise by the kind of images (`backbone_by_image_kind`)."""
-    candidates = [b for b in BACKBONE_PREFERENCE if f"{b}-protonet" in available_models(folder)]
+    """(image features, reason). Measured on the support set by held-out log loss with
+    `method` when every class has two images, the method adapting with a fixed sample of the
+    unlabeled images as it will when labeling (embedded through `cache`, so the run that
+    follows finds them there); otherwise by the kind of images (`backbone_by_image_kind`).
+
+    The task-centred ImageNet features are the default: another source must beat them by
+    `SOURCE_MARGIN` in log loss, since a few held-out images pick the winner noisily."""
+    candidates = [b for b in FEATURE_SOURCES if _installed(b, folder)]
     if len(candidates) == 1:
-        return candidates[0], "the only backbone installed"
+        return candidates[0], "the only image features installed"
     sample = [unlabeled_paths[i] for i in fit_sample(len(unlabeled_paths), HELD_OUT_UNLABELED)]
     if (torch.bincount(labels) < 2).any():
         best, kind = backbone_by_image_kind(images, readable_images(sample))
@@ -220,24 +241,38 @@ def choose_backbone(
         method_copy = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
         support = embed_images(model.backbone, images)
         scores[backbone] = held_out_log_loss(method_copy, support, labels, unlabeled)
-    best = min(candidates, key=scores.__getitem__)
+    best = pick_source(scores)
     measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
     return best, (
         f"image features {best}: your labeled examples, each predicted from the others, came "
-        f"out best with it (log loss {measured}; lower is better)"
+        f"out best with it (log loss {measured}; lower is better; {candidates[0]} unless another "
+        f"is lower by {SOURCE_MARGIN})"
     )
 
 
+def pick_source(losses: dict[str, float], margin: float = SOURCE_MARGIN) -> str:
+    """The feature source with the lowest held-out log loss, where any but the default (the
+    first of FEATURE_SOURCES among them) must be lower by `margin`."""
+    default = next(s for s in FEATURE_SOURCES if s in losses)
+    return min(losses, key=lambda s: losses[s] + (0 if s == default else margin))
+
+
+def _installed(source: str, folder: Path) -> bool:
+    """Whether the checkpoint a feature source needs is shipped in `folder`."""
+    needs = "mobilenetv2" if source in CENTRED_SOURCES else source
+    return f"{needs}-protonet" in available_models(folder)
+
+
 def backbone_by_image_kind(images: Sequence[Image.Image], batch: Iterable[Image.Image] = ()) -> tuple[str, str]:
-    """(backbone, kind of images) where nothing can be measured: small grayscale drawings
-    (characters, digits, sketches: what Conv-4 was meta-trained on) go to Conv-4, everything
-    else, grayscale photos included, to MobileNetV2. Drawings: the labeled images are small and
-    grayscale, and the median ink purity of them and of `batch` (unlabeled images, read only
-    if the labeled ones qualify) is a pen stroke's."""
+    """(image features, kind of images) where nothing can be measured: small grayscale
+    drawings (characters, digits, sketches: what Conv-4 was meta-trained on) go to Conv-4,
+    everything else, grayscale photos included, to the task-centred ImageNet features.
+    Drawings: the labeled images are small and grayscale, and the median ink purity of them
+    and of `batch` (unlabeled images, read only if the labeled ones qualify) is a pen stroke's."""
     small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
     if small_gray and np.median([ink_purity(im) for im in (*images, *batch)]) >= DRAWING_INK_PURITY:
         return "conv4", "small grayscale drawings, like the characters it learned from"
-    return "mobilenetv2", "photos, or large or colour images"
+    return "imagenet", "photos, or large or colour images"
 
 
 def ink_purity(image: Image.Image) -> float:

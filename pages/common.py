@@ -16,7 +16,7 @@ from PIL import Image
 from mssl_core.checkpoints import Model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.images import ImageError, decode_image, thumbnail_data_uri
-from mssl_core.labeling import default_method, model_for
+from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
 from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
 from mssl_core.store import LabelingProject, StorageError, data_dir, open_project
@@ -87,7 +87,7 @@ def load_model_for(method: str, backbone: str) -> Model:
 def project_model(project: LabelingProject) -> Model:
     """The model the project uses: its chosen method and backbone (defaults: best measured)."""
     method = project.setting("method") or default_method()
-    backbone = project.setting("backbone") or "mobilenetv2"
+    backbone = project.setting("backbone") or FEATURE_SOURCES[0]
     return load_model_for(method, backbone)
 
 

@@ -10,7 +10,7 @@ import torch
 from mssl_core.checkpoints import available_models
 from mssl_core.images import decode_image
 from mssl_core.ingest import demo_accuracy
-from mssl_core.labeling import choose_backbone, default_method
+from mssl_core.labeling import FEATURE_SOURCES, choose_backbone, default_method
 from mssl_core.methods import METHODS
 from mssl_core.pseudo_label import pseudo_label_project, support_set
 from pages.common import (
@@ -42,11 +42,13 @@ method = st.radio(
 )
 backbone_choice = st.selectbox(
     "Image features",
-    ["auto", "conv4", "mobilenetv2"],
+    ["auto", *FEATURE_SOURCES],
     format_func={
         "auto": "Automatic (measured on your labeled examples)",
+        "imagenet": "General image features, centred on your images (ImageNet MobileNetV2, no head)",
         "conv4": "Drawings and characters (small network trained here)",
-        "mobilenetv2": "Photos and micrographs (ImageNet MobileNetV2)",
+        "pixels": "Raw pixels, centred on your images",
+        "mobilenetv2": "Photos, through a head meta-trained here (ImageNet MobileNetV2)",
     }.get,
 )
 
@@ -125,7 +127,7 @@ if st.button("Pseudo-label", type="primary"):
             f"Demo images come with their true labels: **{measured[1]:.0%}** of these "
             f"{measured[0]} pseudo-labels are right (measured, not estimated)."
         )
-    if result.prediction.task_temperature:
+    if result.prediction.confidence_checked:
         st.caption(
             "Confidence: calibrated on validation tasks of this shape, then adjusted on your own "
             "labeled examples (each predicted from the others)."

@@ -32,7 +32,7 @@ with st.container(border=True):
     count, precision = threshold_summary(pending_confidence, threshold)
     if not count:
         expected = ""
-    elif prediction.task_temperature:
+    elif prediction.confidence_checked:
         expected = (
             f", expected precision {precision:.1%} (confidence calibrated on validation tasks and "
             "your labeled examples)"

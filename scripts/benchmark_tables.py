@@ -93,26 +93,6 @@ def calibration_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def automatic_markdown(rows: list[dict]) -> str:
-    """The real-data rows with the automatic backbone choice: accuracy, ECE (ECE*) and how many
-    tasks went to each backbone."""
-    automatic = [r for r in rows if r["backbone"] == "auto"]
-    settings = list(dict.fromkeys((r["dataset"], r["setting"].split(",")[0]) for r in automatic))
-    header = ["method"] + [f"{d} {s}" for d, s in settings]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in dict.fromkeys(r["method"] for r in automatic):
-        cells = [method.removeprefix("auto-")]
-        for dataset, setting in settings:
-            row = next(r for r in automatic if (r["dataset"], r["setting"].split(",")[0], r["method"]) == (
-                dataset, setting, method))  # fmt: skip
-            star = row.get("ece_support_calibrated")
-            ece = f"ECE {row['ece']:.3f}" + ("" if star is None else f" ({star:.3f})")
-            chosen = ", ".join(f"{b} {n}" for b, n in row["chosen"].items())
-            cells.append(f"{cell(row)}; {ece}; {chosen}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/benchmark.json")
     rows = json.loads(path.read_text())
@@ -120,5 +100,3 @@ if __name__ == "__main__":
     print(markdown(rows, {"fashion-mnist": "mobilenetv2"}))
     print()
     print(calibration_markdown(rows))
-    print()
-    print(automatic_markdown(rows))

@@ -161,10 +161,11 @@ def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_chec
     _button(app, "Pseudo-label").click().run()
     assert not app.exception
     assert "Pseudo-labeled 20 images" in app.success[0].value
-    # the automatic choice had nothing to hold out: clothing photos go to MobileNetV2 by kind
-    assert any("mobilenetv2: photos" in c.value for c in app.caption)
+    # the automatic choice had nothing to hold out: clothing photos go to ImageNet features by kind
+    assert any("imagenet: photos" in c.value for c in app.caption)
     assert any("could not be checked on your own images" in w.value for w in app.warning)
     app.switch_page("pages/review.py").run()
     assert not app.exception
+    app.slider[0].set_value(0.5).run()  # one-shot confidence runs low: make the slider accept some
     summary = next(m.value for m in app.markdown if m.value.startswith("Accepts "))
     assert "precision not estimated" in summary and "expected precision" not in summary

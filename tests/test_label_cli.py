@@ -147,22 +147,64 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
 
 
 @pytest.mark.parametrize("method", ["protonet", "logreg", "label-spreading"])
-@pytest.mark.parametrize("winner", ["conv4", "mobilenetv2"])
-def test_auto_backbone_is_the_one_whose_held_out_predictions_score_best(
+@pytest.mark.parametrize("winner", ["conv4", "mobilenetv2", "imagenet", "pixels"])
+def test_auto_features_are_the_source_whose_held_out_predictions_score_best(
     both_backbones, monkeypatch, method, winner
 ):
     from mssl_core import labeling
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(4)
-    separated = (
-        torch.randn(3, 16, generator=generator)[labels] * 3 + torch.randn(12, 16, generator=generator) * 0.3
-    )
-    mixed = torch.randn(12, 16, generator=generator)
+
+    def embeddings(backbone, images):  # separable classes from the winner, noise from the others
+        dim = backbone.embedding_dim
+        if backbone.name != winner:
+            return torch.randn(12, dim, generator=generator)
+        return (
+            torch.randn(3, dim, generator=generator)[labels] * 3
+            + torch.randn(12, dim, generator=generator) * 0.3
+        )
+
     # no unlabeled paths: the support set alone
-    monkeypatch.setattr(labeling, "embed_images", lambda b, images: separated if b.name == winner else mixed)
+    monkeypatch.setattr(labeling, "embed_images", embeddings)
     backbone, reason = labeling.choose_backbone([None] * 12, labels, method, both_backbones)
     assert backbone == winner and "log loss" in reason
+
+
+def test_pick_source_keeps_the_default_unless_another_wins_by_the_margin():
+    from mssl_core.labeling import FEATURE_SOURCES, pick_source
+
+    default, other = FEATURE_SOURCES[0], FEATURE_SOURCES[1]
+    assert pick_source({default: 0.50, other: 0.45}, margin=0.1) == default
+    assert pick_source({default: 0.50, other: 0.35}, margin=0.1) == other
+    assert pick_source({other: 0.9, FEATURE_SOURCES[2]: 0.1}, margin=0.1) == FEATURE_SOURCES[2]
+
+
+def test_a_head_made_to_hurt_loses_to_the_features_without_it(both_backbones, shape_folders):
+    """The MobileNetV2 head made to collapse every image onto one random direction (its
+    correction cancels the projection) and Conv-4 untrained: the choice, measured on the
+    labeled images, takes a source without a head."""
+    from mssl_core import labeling
+    from mssl_core.checkpoints import load_model, save_model
+    from mssl_core.images import class_folder_files, decode_image, list_files
+
+    model = load_model("mobilenetv2-protonet", both_backbones)
+    head, generator = model.backbone.head, torch.Generator().manual_seed(0)
+    direction, out = (
+        torch.randn(head.projection.shape[0], generator=generator),
+        torch.ones(head.projection.shape[1]),
+    )
+    with torch.no_grad():
+        head.correction.weight.copy_(-head.projection.T + torch.outer(out, direction))
+    save_model(model, both_backbones)
+    support, unlabeled, _ = shape_folders
+    files = class_folder_files(support)
+    images = [decode_image(f.path) for f in files]
+    classes = sorted({f.label for f in files})
+    labels = torch.tensor([classes.index(f.label) for f in files])
+    paths = [p for p in list_files(unlabeled) if p.name != "broken.png"]
+    backbone, reason = labeling.choose_backbone(images, labels, "protonet", both_backbones, paths)
+    assert backbone in labeling.CENTRED_SOURCES, reason
 
 
 def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(both_backbones, tmp_path):
@@ -188,14 +230,14 @@ def test_the_backbone_choice_embeds_a_sample_of_the_batch_into_the_cache(both_ba
     backbone, reason = labeling.choose_backbone(
         images, labels, "protonet", both_backbones, [*batch, tmp_path / "broken.png"], cache
     )
-    assert backbone in ("conv4", "mobilenetv2") and "log loss" in reason
+    assert backbone in labeling.FEATURE_SOURCES and "log loss" in reason
     hashes = [hashlib.sha256(path.read_bytes()).hexdigest() for path in batch]
-    for name in ("conv4", "mobilenetv2"):
+    for name in labeling.FEATURE_SOURCES:
         model = labeling.model_for("protonet", name, both_backbones)
         assert len(cache.get_many(model.backbone_key, hashes)) == 5  # the labeling run reuses them
 
 
-def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_mobilenetv2(both_backbones):
+def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_imagenet_features(both_backbones):
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -215,13 +257,11 @@ def test_with_one_shot_drawings_go_to_conv4_and_grayscale_photos_to_mobilenetv2(
         "(a class has one labeled example: too few to measure which does better)",
     )
     backbone, reason = labeling.choose_backbone(photos, labels, "protonet", both_backbones)
-    assert backbone == "mobilenetv2" and "photos" in reason
+    assert backbone == "imagenet" and "photos" in reason
     dark_on_light = [Image.eval(drawing(i), lambda v: 255 - v) for i in range(3)]
     assert labeling.backbone_by_image_kind(dark_on_light)[0] == "conv4"
     # the unlabeled batch counts too: drawings among many photos are not a drawing task
-    assert labeling.backbone_by_image_kind(dark_on_light, photos * 3)[0] == "mobilenetv2"
+    assert labeling.backbone_by_image_kind(dark_on_light, photos * 3)[0] == "imagenet"
     large = [drawing(i).resize((256, 256)) for i in range(3)]
     colour = [drawing(i).convert("RGB") for i in range(3)]
-    assert (
-        labeling.backbone_by_image_kind(large)[0] == labeling.backbone_by_image_kind(colour)[0] == "mobilenetv2"
-    )
+    assert labeling.backbone_by_image_kind(large)[0] == labeling.backbone_by_image_kind(colour)[0] == "imagenet"

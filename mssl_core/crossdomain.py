@@ -1,0 +1,431 @@
+"""The cross-domain benchmark: what `label` and the app give on image domains unlike anything
+the models were meta-trained on, beside simple baselines computed on the same episodes.
+
+Each episode is a labeling task as a user brings it: a few labeled images per class and a
+batch of unlabeled ones, which are the images scored (the batch *is* what gets pseudo-labeled).
+The product's row runs the code `label` runs after embedding: the feature source picked per task
+(`labeling.pick_source`, by held-out log loss on the task's labeled images, or the rule by kind
+of image at one shot), then `labeling.fit_task` (the default method, confidence at the table's
+temperature times the domain factor measured on the labeled images). Baselines (as in the
+held-out checks): nearest class mean on 32x32 raw pixels; on ImageNet MobileNetV2 features
+centred on the task and L2-normalised: nearest class mean, logistic regression and label
+spreading (k = 10, alpha = 0.2). Rows per fixed feature source show what each contributes.
+
+Domains are split into development and test ones (data/domains.py); a choice fitted on
+benchmark results (`fit_source_margin`) refuses test-domain results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.semi_supervised import LabelSpreading
+from torch import Tensor
+
+from mssl_core.backbones import embed_images
+from mssl_core.calibration import expected_calibration_error, fit_temperature, held_out_log_loss
+from mssl_core.data.domains import DOMAINS, Domain, domain
+from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
+from mssl_core.data.paths import REPO_ROOT, cache_dir
+from mssl_core.labeling import (
+    FEATURE_SOURCES,
+    backbone_by_image_kind,
+    default_method,
+    fit_task,
+    model_for,
+    pick_source,
+)
+
+SHOTS = (1, 5, 10)
+MAX_WAYS = 5
+POOL_PER_CLASS = 100  # images per class drawn once per domain (fewer where a class has fewer)
+UNLABELED_PER_CLASS = 50  # the batch: up to this many per class, as the pool allows
+ACCEPT_THRESHOLD = 0.9  # "accept everything at or above": promised vs actual precision there
+BASELINES = (
+    "nearest class mean, raw pixels",
+    "nearest class mean, ImageNet centred",
+    "logistic regression, ImageNet centred",
+    "label spreading, ImageNet centred",
+)
+DEFAULT_ROW = "default (label / app)"
+RESULTS_PATH = REPO_ROOT / "docs" / "crossdomain.json"  # the published run (no per-episode records)
+MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # candidate source margins, 0 to 0.5
+MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # candidate source margins, 0 to 0.5
+
+
+@dataclass(frozen=True)
+class Setting:
+    domain: str
+    ways: int
+    shots: int
+    unlabeled: int  # per class
+
+    @property
+    def label(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot, {self.unlabeled} unlabeled/class"
+
+
+@dataclass
+class DomainPool:
+    """A domain's images laid out `(n_classes, n_per_class, ...)`, and their features per source."""
+
+    images: np.ndarray
+    features: dict[str, Tensor]  # source -> flat `(n_classes * n_per_class, dim)`
+    pixels32: np.ndarray  # the raw-pixel baseline's features
+
+
+def class_pool(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A fixed random `min(POOL_PER_CLASS, smallest class)` images of every class."""
+    rng = np.random.default_rng(seed)
+    per_class = min(POOL_PER_CLASS, int(np.bincount(labels).min()))
+    return np.stack(
+        [images[rng.permutation(np.flatnonzero(labels == c))[:per_class]] for c in np.unique(labels)]
+    )
+
+
+def settings(names: list[str] | None = None, shots: tuple[int, ...] = SHOTS) -> list[Setting]:
+    """Per domain, MAX_WAYS-way (or as many classes as it has) at every shot count; the batch as
+    large as the smallest class allows after the largest support set."""
+    grid = []
+    for d in DOMAINS:
+        if names and d.name not in names:
+            continue
+        _, labels, classes = d.load()
+        per_class = min(POOL_PER_CLASS, int(np.bincount(labels).min()))
+        unlabeled = min(UNLABELED_PER_CLASS, per_class - max(shots))
+        grid += [Setting(d.name, min(MAX_WAYS, len(classes)), k, unlabeled) for k in shots]
+    return grid
+
+
+def _cached(name: str, images: np.ndarray, compute: Callable[[], Tensor]) -> Tensor:
+    content = hashlib.sha1(images.tobytes()).hexdigest()[:12]
+    path = cache_dir() / "crossdomain" / f"{name}-{content}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    features = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(features.clone(), partial)
+    partial.replace(path)
+    return features
+
+
+def domain_pool(d: Domain, method: str) -> DomainPool:
+    """The domain's class pool and its features from every source (cached on disk)."""
+    images = class_pool(*d.load()[:2])
+    flat = images.reshape(-1, *images.shape[2:])
+    pictures = [Image.fromarray(a) for a in flat]
+    features = {}
+    for source in FEATURE_SOURCES:
+        model = model_for(method, source)
+        key = f"{d.name}-{model.backbone_key.replace(':', '-')}"
+        features[source] = _cached(key, flat, lambda m=model: embed_images(m.backbone, pictures))
+    pixels = np.stack([np.asarray(p.convert("L").resize((32, 32)), np.float32).ravel() / 255 for p in pictures])
+    return DomainPool(images, features, pixels)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def baseline_predictions(pool: DomainPool, episode: Episode) -> dict[str, np.ndarray]:
+    """Predicted labels of the batch by each baseline."""
+    s, u = episode.support, episode.unlabeled
+    labels = episode.support_labels
+    ways = int(labels.max()) + 1
+
+    def nearest_mean(support: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        means = np.stack([support[labels == c].mean(0) for c in range(ways)])
+        return ((batch[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+
+    imagenet = pool.features["imagenet"][:, -1280:].numpy()  # the final pooled ImageNet features
+    unit = _unit(imagenet[np.concatenate([s, u])])
+    task = unit - unit.mean(0)
+    centred = _unit(task)
+    cs, cu = centred[: len(s)], centred[len(s) :]
+    spreading = LabelSpreading(kernel="knn", n_neighbors=10, alpha=0.2, max_iter=100)
+    spreading.fit(centred, np.concatenate([labels, -np.ones(len(u), int)]))
+    return {
+        BASELINES[0]: nearest_mean(pool.pixels32[s], pool.pixels32[u]),
+        BASELINES[1]: nearest_mean(cs, cu),
+        BASELINES[2]: LogisticRegression(max_iter=2000).fit(cs, labels).predict(cu),
+        BASELINES[3]: spreading.transduction_[len(s) :],
+    }
+
+
+def source_log_losses(models: dict, pool: DomainPool, episode: Episode) -> dict[str, float]:
+    """Held-out log loss of each source's model on the episode's labeled images (as `label`)."""
+    labels = torch.from_numpy(episode.support_labels)
+    scores = {}
+    for source, model in models.items():
+        features = pool.features[source]
+        scores[source] = held_out_log_loss(
+            copy.deepcopy(model.method), features[episode.support], labels, features[episode.unlabeled]
+        )
+    return scores
+
+
+def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict:
+    """Per row: the batch's predicted labels and confidences; the sources' log losses."""
+    labels = torch.from_numpy(episode.support_labels)
+    classes = [str(c) for c in range(int(labels.max()) + 1)]
+    outcomes = {name: (predicted, None) for name, predicted in baseline_predictions(pool, episode).items()}
+    for source, model in models.items():
+        features = pool.features[source]
+        task = fit_task(model, classes, features[episode.support], labels, features[episode.unlabeled])
+        probabilities = task.probabilities(features[episode.unlabeled]).numpy()
+        outcomes[f"{source} features"] = (probabilities.argmax(1), probabilities.max(1))
+    if np.bincount(episode.support_labels).min() >= 2:
+        losses = source_log_losses(models, pool, episode)
+        chosen = pick_source(losses)
+    else:
+        flat = pool.images.reshape(-1, *pool.images.shape[2:])
+        pictures = [[Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)]
+        losses, chosen = {}, backbone_by_image_kind(*pictures)[0]
+    outcomes[DEFAULT_ROW] = outcomes[f"{chosen} features"]
+    return {"rows": outcomes, "losses": losses, "chosen": chosen}
+
+
+def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str], None] = print) -> list[dict]:
+    """Every row of one setting over the same `episodes` tasks."""
+    method = default_method()
+    d = domain(setting.domain)
+    pool = domain_pool(d, method)
+    models = {source: model_for(method, source) for source in FEATURE_SOURCES}
+    n_classes, n_per_class = pool.images.shape[:2]
+    spec = EpisodeSpec(setting.ways, setting.shots, setting.unlabeled, 0, 0)
+    episode_seed = seed * 1000 + int(hashlib.sha1(setting.domain.encode()).hexdigest()[:4], 16) + setting.shots
+    sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=episode_seed)
+    per_row: dict[str, dict[str, list]] = {}
+    records = []
+    for _ in range(episodes):
+        episode = sampler.sample()
+        outcome = episode_outcomes(models, pool, episode)
+        truth = episode.unlabeled_labels
+        for name, (predicted, confidence) in outcome["rows"].items():
+            row = per_row.setdefault(name, {"accuracy": [], "confidence": [], "correct": []})
+            row["accuracy"].append(float((predicted == truth).mean()))
+            if confidence is not None:
+                row["confidence"].append(confidence)
+                row["correct"].append(predicted == truth)
+        records.append(
+            {
+                "chosen": outcome["chosen"],
+                "losses": outcome["losses"],
+                "accuracy": {s: per_row[f"{s} features"]["accuracy"][-1] for s in models},
+            }
+        )
+    rows = []
+    for name, values in per_row.items():
+        accuracy = np.asarray(values["accuracy"])
+        row = {
+            "domain": setting.domain,
+            "role": d.role,
+            "kind": d.kind,
+            "setting": setting.label,
+            "ways": setting.ways,
+            "shots": setting.shots,
+            "unlabeled": setting.unlabeled,
+            "episodes": episodes,
+            "seed": episode_seed,
+            "row": name,
+            "accuracy": round(float(accuracy.mean()), 4),
+            "ci95": round(float(1.96 * accuracy.std(ddof=1) / np.sqrt(len(accuracy))), 4),
+        }
+        if values["confidence"]:
+            row.update(
+                confidence_figures(np.concatenate(values["confidence"]), np.concatenate(values["correct"]))
+            )
+        if name == DEFAULT_ROW:
+            chosen = [r["chosen"] for r in records]
+            row["chosen"] = {s: chosen.count(s) for s in sorted(set(chosen))}
+        rows.append(row)
+        log(f"{setting.domain:20s} {setting.label:36s} {name:40s} {row['accuracy']:.2%} ± {row['ci95']:.2%}")
+    rows.append({"domain": setting.domain, "role": d.role, "shots": setting.shots, "records": records})
+    return rows
+
+
+def confidence_figures(confidence: np.ndarray, correct: np.ndarray) -> dict:
+    """ECE, and at ACCEPT_THRESHOLD: how many images, the precision promised (their mean
+    confidence) and the precision they actually have."""
+    accepted = confidence >= ACCEPT_THRESHOLD
+    figures = {"ece": round(expected_calibration_error(confidence, correct.astype(float)), 4)}
+    figures["accepted_share"] = round(float(accepted.mean()), 4)
+    if accepted.any():
+        figures["promised_precision"] = round(float(confidence[accepted].mean()), 4)
+        figures["actual_precision"] = round(float(correct[accepted].mean()), 4)
+    return figures
+
+
+def fit_source_margin(rows: list[dict], margins: tuple[float, ...] = MARGINS) -> float:
+    """The margin (see `labeling.pick_source`) with the best mean accuracy over the episodes
+    recorded in `rows`, which must come from development domains only: a choice fitted on a
+    test domain would no longer test anything."""
+    recorded = [r for r in rows if "records" in r]
+    tests = sorted({r["domain"] for r in recorded if r["role"] != "development"})
+    if tests:
+        raise ValueError(f"choices are fitted on development domains only; got results of {', '.join(tests)}")
+    measured = [e for r in recorded for e in r["records"] if e["losses"]]
+
+    def mean_accuracy(margin: float) -> float:
+        return float(np.mean([r["accuracy"][pick_source(r["losses"], margin)] for r in measured]))
+
+    return float(max(margins, key=mean_accuracy))
+
+
+def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -> dict[str, float]:
+    """Per feature source, the factor on the table's temperature that makes one-shot confidence
+    right on average over the development domains `names` (maximum likelihood over their batch
+    images): with one labeled image per class nothing can be held out, so this is the best
+    prior available. Each episode uses the source the one-shot rule picks, as `label` does."""
+    chosen = [domain(name) for name in names]
+    tests = [d.name for d in chosen if d.role != "development"]
+    if tests:
+        raise ValueError(f"choices are fitted on development domains only; got {', '.join(tests)}")
+    method = default_method()
+    models = {source: model_for(method, source) for source in FEATURE_SOURCES}
+    logits: dict[str, list[Tensor]] = {}
+    truths: dict[str, list[np.ndarray]] = {}
+    for d in chosen:
+        pool = domain_pool(d, method)
+        flat = pool.images.reshape(-1, *pool.images.shape[2:])
+        n_classes, n_per_class = pool.images.shape[:2]
+        spec = EpisodeSpec(min(MAX_WAYS, n_classes), 1, min(UNLABELED_PER_CLASS, n_per_class - 1), 0, 0)
+        sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
+        for _ in range(episodes):
+            episode = sampler.sample()
+            pictures = [
+                [Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)
+            ]
+            source = backbone_by_image_kind(*pictures)[0]
+            method_copy, features = copy.deepcopy(models[source].method), pool.features[source]
+            labels = torch.from_numpy(episode.support_labels)
+            with torch.no_grad():
+                method_copy.fit(features[episode.support], labels, features[episode.unlabeled])
+                scaled = method_copy.logits(features[episode.unlabeled]) / method_copy.temperature
+            # tasks of fewer ways padded with classes no image can belong to
+            padded = torch.nn.functional.pad(scaled, (0, MAX_WAYS - scaled.shape[1]), value=-1e4)
+            logits.setdefault(source, []).append(padded)
+            truths.setdefault(source, []).append(episode.unlabeled_labels)
+    return {
+        source: round(
+            fit_temperature(torch.cat(logits[source]), torch.from_numpy(np.concatenate(truths[source]))), 3
+        )
+        for source in logits
+    }
+
+
+def _setting_rows_in_worker(args: tuple) -> list[dict]:
+    torch.set_num_threads(1)  # one process per core
+    return setting_rows(*args, log=lambda message: print(message, file=sys.stderr, flush=True))
+
+
+def run_crossdomain(
+    names: list[str] | None = None,
+    episodes: int = 200,
+    seed: int = 0,
+    shots: tuple[int, ...] = SHOTS,
+    jobs: int = 1,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Rows of every setting (see the module docstring); the last row of each setting holds its
+    per-episode records (sources' log losses and accuracies) for `fit_source_margin`."""
+    grid = settings(names, shots)
+    method = default_method()
+    for name in dict.fromkeys(s.domain for s in grid):
+        domain_pool(domain(name), method)  # embedded once, here, so workers only load them
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as workers:
+            chunks = list(workers.map(_setting_rows_in_worker, [(s, episodes, seed) for s in grid]))
+    else:
+        chunks = [setting_rows(s, episodes, seed, log) for s in grid]
+    return [row for chunk in chunks for row in chunk]
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per domain and shots: the default's accuracy, the best baseline's, and the confidence figures."""
+    table = []
+    results = [r for r in rows if "row" in r]
+    for key in dict.fromkeys((r["domain"], r["shots"]) for r in results):
+        mine = {r["row"]: r for r in results if (r["domain"], r["shots"]) == key}
+        best = max(BASELINES, key=lambda b: mine[b]["accuracy"])
+        default = mine[DEFAULT_ROW]
+        table.append(
+            {
+                "domain": key[0],
+                "role": default["role"],
+                "shots": key[1],
+                "default": default,
+                "best_baseline": best,
+                "baseline": mine[best],
+                "rows": mine,
+            }
+        )
+    return table
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table: per setting, the default against the best baseline, and calibration."""
+    lines = [
+        f"{'domain':20s} {'role':11s} {'setting':36s} {'default (95% CI)':>17s} {'best baseline':>15s} "
+        f"{'gap':>6s} {'ECE':>6s} {'>=0.9':>6s} {'promised':>8s} {'actual':>7s}  sources chosen; best baseline"
+    ]
+    for entry in summary(rows):
+        d, b = entry["default"], entry["baseline"]
+        gap = (d["accuracy"] - b["accuracy"]) * 100
+        chosen = ", ".join(f"{s} {n}" for s, n in d.get("chosen", {}).items())
+        promised = f"{d['promised_precision']:.1%}" if "promised_precision" in d else "-"
+        actual = f"{d['actual_precision']:.1%}" if "actual_precision" in d else "-"
+        lines.append(
+            f"{entry['domain']:20s} {entry['role']:11s} {d['setting']:36s} "
+            f"{d['accuracy']:7.2%} ± {d['ci95']:5.2%} {b['accuracy']:15.2%} {gap:+6.1f} {d['ece']:6.3f} "
+            f"{d['accepted_share']:6.1%} {promised:>8s} {actual:>7s}  {chosen}; {entry['best_baseline']}"
+        )
+    lines.append("")
+    lines.append("Every row, accuracy % (95% CI):")
+    for entry in summary(rows):
+        cells = "; ".join(f"{name} {r['accuracy']:.2%}" for name, r in entry["rows"].items())
+        lines.append(f"  {entry['domain']} {entry['shots']}-shot: {cells}")
+    return "\n".join(lines)
+
+
+def plain_summary(rows: list[dict]) -> list[dict]:
+    """One flat record per domain and shot count, in words a non-specialist reads (the Model page)."""
+    records = []
+    for entry in summary(rows):
+        d, b = entry["default"], entry["baseline"]
+        records.append(
+            {
+                "images": d["kind"],
+                "domain": entry["domain"],
+                "used to make choices": "yes" if entry["role"] == "development" else "no (test)",
+                "labeled per class": entry["shots"],
+                "classes": d["ways"],
+                "right, this app": d["accuracy"],
+                "± (95% CI)": d["ci95"],
+                "right, best simple baseline": b["accuracy"],
+                "difference (points)": round((d["accuracy"] - b["accuracy"]) * 100, 1),
+                "calibration error": round(d["ece"], 3),
+                "at ≥ 90% confidence: promised": d.get("promised_precision"),
+                "actually right": d.get("actual_precision"),
+                "tasks": d["episodes"],
+            }
+        )
+    return records
+
+
+def load_results(path: Path = RESULTS_PATH) -> list[dict]:
+    """The rows of the last published run ([] if there is none)."""
+    return json.loads(path.read_text()) if path.exists() else []

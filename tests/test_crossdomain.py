@@ -1,0 +1,145 @@
+"""The cross-domain benchmark and the task-centred feature sources it measures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mssl_core import crossdomain
+from mssl_core.data.domains import Domain
+
+
+def _blob_domain(role: str = "development") -> Domain:
+    """Three classes of 40 colour images: a bright blob in one of three places, on noise."""
+
+    def load():
+        rng = np.random.default_rng(0)
+        images, labels = [], []
+        for label, (y, x) in enumerate([(8, 8), (8, 40), (40, 24)]):
+            for _ in range(40):
+                image = rng.integers(0, 80, (56, 56, 3), dtype=np.uint8)
+                image[y : y + 12, x : x + 12] = 230
+                images.append(image)
+                labels.append(label)
+        return np.stack(images), np.array(labels), ["top-left", "top-right", "bottom"]
+
+    return Domain(f"blobs-{role}", "synthetic blobs", role, load, "none")
+
+
+@pytest.fixture
+def blob_domains(monkeypatch):
+    domains = (_blob_domain("development"), _blob_domain("test"))
+    monkeypatch.setattr(crossdomain, "DOMAINS", domains)
+    monkeypatch.setattr("mssl_core.crossdomain.domain", {d.name: d for d in domains}.__getitem__)
+    return domains
+
+
+def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(blob_domains):
+    rows = crossdomain.run_crossdomain(["blobs-development"], episodes=3, shots=(1, 2), log=lambda _: None)
+    results = [r for r in rows if "row" in r]
+    assert {r["row"] for r in results} >= {crossdomain.DEFAULT_ROW, *crossdomain.BASELINES}
+    assert {(r["ways"], r["shots"], r["episodes"]) for r in results} == {(3, 1, 3), (3, 2, 3)}
+    default = [r for r in results if r["row"] == crossdomain.DEFAULT_ROW]
+    assert all(0 <= r["ece"] <= 1 and sum(r["chosen"].values()) == 3 for r in default)
+    # one shot: nothing to hold out, colour photos go to the ImageNet features by kind of image
+    assert default[0]["chosen"] == {"imagenet": 3}
+    table = crossdomain.format_table(rows)
+    assert "blobs-development" in table and "best baseline" in table
+
+
+def test_choices_are_fitted_on_development_domains_only(blob_domains):
+    rows = crossdomain.run_crossdomain(None, episodes=2, shots=(2,), log=lambda _: None)
+    development = [r for r in rows if r["role"] == "development"]
+    assert crossdomain.fit_source_margin(development) in crossdomain.MARGINS
+    with pytest.raises(ValueError, match="development domains only.*blobs-test"):
+        crossdomain.fit_source_margin(rows)
+    with pytest.raises(ValueError, match="development domains only.*blobs-test"):
+        crossdomain.fit_one_shot_factors(["blobs-development", "blobs-test"], episodes=1)
+
+
+def test_the_fitted_margin_is_the_one_that_picks_the_better_source():
+    from mssl_core.labeling import FEATURE_SOURCES
+
+    default, other = FEATURE_SOURCES[:2]
+    # the other source always looks slightly better held out, but is worse on the batch
+    records = [
+        {"losses": {default: 0.5, other: 0.4}, "accuracy": {default: 0.9, other: 0.6}, "chosen": default}
+    ]
+    rows = [{"domain": "d", "role": "development", "records": records}]
+    assert crossdomain.fit_source_margin(rows) >= 0.1
+    records[0]["accuracy"] = {default: 0.6, other: 0.9}
+    assert crossdomain.fit_source_margin(rows) == 0.0
+
+
+def test_centring_is_the_same_in_label_the_app_and_the_benchmark(shape_folders, tmp_path):
+    """One set of files, three front ends, the same probabilities: the task mean is taken over
+    the labeled and unlabeled images wherever the ImageNet source is used."""
+    from mssl_core import store
+    from mssl_core.backbones import embed_images
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.images import class_folder_files, decode_image, list_files
+    from mssl_core.ingest import UploadedFile, ingest
+    from mssl_core.labeling import fit_task, label_folders, model_for
+    from mssl_core.pseudo_label import pseudo_label_project
+
+    support_dir, unlabeled_dir, _ = shape_folders
+    (unlabeled_dir / "broken.png").unlink()
+    by_label = label_folders(support_dir, unlabeled_dir, "protonet", "imagenet", log=lambda _: None)
+    from_label = {row.path: row.probabilities for row in by_label.rows}
+
+    project = store.open_project("centring", create=True)
+    files = class_folder_files(support_dir)
+    ingest(project, [UploadedFile(f.path.name, f.path.read_bytes(), f.label) for f in files], "labeled")
+    batch = list_files(unlabeled_dir)
+    ingest(project, [UploadedFile(p.name, p.read_bytes()) for p in batch], "unlabeled")
+    model = model_for("protonet", "imagenet")
+    result = pseudo_label_project(project, model, EmbeddingCache(tmp_path / "cache.sqlite"))
+    from_app = {i.name: p for i, p in zip(result.images, result.prediction.probabilities, strict=True)}
+    assert from_app.keys() == from_label.keys()
+    for name, probabilities in from_app.items():
+        np.testing.assert_allclose(probabilities, from_label[name], atol=1e-5)
+
+    # the benchmark's source rows: fit_task on the same embeddings, centred by the task's mean
+    classes = sorted({f.label for f in files})
+    support = embed_images(model.backbone, [decode_image(f.path) for f in files])
+    unlabeled = embed_images(model.backbone, [decode_image(p) for p in batch])
+    labels = torch.tensor([classes.index(f.label) for f in files])
+    task = fit_task(model, classes, support, labels, unlabeled)
+    mean = torch.cat([support, unlabeled]).clamp_min(0).sqrt().mean(0, keepdim=True)
+    assert torch.allclose(task.method.mean, mean)
+    bench = task.probabilities(unlabeled).numpy()
+    for path, probabilities in zip(batch, bench, strict=True):
+        np.testing.assert_allclose(probabilities, from_label[path.name], atol=1e-5)
+
+
+def test_task_centred_features_do_not_depend_on_where_the_batch_is_centred():
+    """Shifting every image by the same vector changes nothing: the task's mean is removed."""
+    from mssl_core.feature_sources import TaskCentred
+    from mssl_core.methods import make_method
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(2)
+    support, batch = torch.randn(6, 20, generator=generator), torch.randn(30, 20, generator=generator)
+    shift = torch.randn(1, 20, generator=generator) * 50
+    first = TaskCentred(make_method("protonet"), (10, 10), None, 8, 3.0).fit(support, labels, batch)
+    second = TaskCentred(make_method("protonet"), (10, 10), None, 8, 3.0).fit(
+        support + shift, labels, batch + shift
+    )
+    assert torch.allclose(first.predict_proba(batch), second.predict_proba(batch + shift), atol=1e-4)
+    assert not torch.allclose(first.transform(batch), first.transform(batch + shift))
+
+
+def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_checked(shape_folders):
+    from mssl_core.labeling import UNCHECKED_FACTORS, fit_task, model_for
+
+    model = model_for("protonet", "imagenet")
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
+    from mssl_core.backbones import embed_images
+
+    support = embed_images(model.backbone, images)
+    batch = embed_images(model.backbone, images * 2)
+    task = fit_task(model, ["r", "g", "b"], support, torch.arange(3), batch)
+    assert not task.confidence_checked
+    assert task.temperature == pytest.approx(task.method.temperature * UNCHECKED_FACTORS["imagenet"])
