@@ -101,9 +101,14 @@ class TaskCentred:
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
         task_images = support if unlabeled is None else torch.cat([support, unlabeled])
-        self.mean = self._powered(task_images.float()).mean(0, keepdim=True)
-        mapped_unlabeled = None if unlabeled is None else self.transform(unlabeled)
-        self.method.fit(self.transform(support), support_labels, mapped_unlabeled)
+        # in double precision, so the same images in another order (after a correction) get
+        # bitwise the same features, and propagation finds its remembered neighbour lists
+        self.mean = self._powered(task_images.double()).mean(0, keepdim=True).float()
+        # one call for all of them: matrix products round a row differently in a batch of
+        # another size, and a corrected image must keep its exact features (see above)
+        mapped = self.transform(task_images)
+        mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
+        self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self
 
     @property
