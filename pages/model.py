@@ -102,14 +102,8 @@ if cross_domain:
     five = table[table["labeled per class"] == 5]
     figure = go.Figure(
         [
-            go.Bar(
-                name="this app", x=five["domain"], y=five["right, this app"].str.split("%").str[0].astype(float)
-            ),
-            go.Bar(
-                name="best simple baseline",
-                x=five["domain"],
-                y=five["right, best simple baseline"].str.rstrip("%").astype(float),
-            ),
+            go.Bar(name="this app", x=five["domain"], y=five["right, this app"] * 100),
+            go.Bar(name="best simple baseline", x=five["domain"], y=five["right, best simple baseline"] * 100),
         ]
     )
     figure.update_layout(barmode="group", yaxis_title="% of the batch labeled right", height=380)
