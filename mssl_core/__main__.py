@@ -47,7 +47,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _crossdomain(args: argparse.Namespace) -> int:
     from mssl_core.crossdomain import RESULTS_PATH, fit_source_margin, format_table, run_crossdomain
 
-    rows = run_crossdomain(args.domains, args.episodes, args.seed, tuple(args.shots), args.jobs, log=_stderr)
+    rows = run_crossdomain(
+        args.domains, args.episodes, args.seed, tuple(args.shots), args.jobs, _stderr, tuple(args.ways)
+    )
     if args.out:  # per-episode records too: what --fit-margin reads
         Path(args.out).write_text(json.dumps(rows, indent=1))
     if args.publish:
@@ -230,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     crossdomain.add_argument("--domains", nargs="+", help="only these domains (default: all)")
     crossdomain.add_argument("--episodes", type=int, default=200, help="episodes per row (default 200)")
     crossdomain.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
+    crossdomain.add_argument(
+        "--ways",
+        type=int,
+        nargs="+",
+        default=[2, 5],
+        help="classes per task, capped at a domain's (default 2 5)",
+    )
     crossdomain.add_argument("--seed", type=int, default=0)
     crossdomain.add_argument(
         "--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)"

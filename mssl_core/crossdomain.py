@@ -95,9 +95,11 @@ def class_pool(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndar
     )
 
 
-def settings(names: list[str] | None = None, shots: tuple[int, ...] = SHOTS) -> list[Setting]:
-    """Per domain, MAX_WAYS-way (or as many classes as it has) at every shot count; the batch as
-    large as the smallest class allows after the largest support set."""
+def settings(
+    names: list[str] | None = None, shots: tuple[int, ...] = SHOTS, ways: tuple[int, ...] = (MAX_WAYS,)
+) -> list[Setting]:
+    """Per domain, each of `ways` (capped at the classes it has) at every shot count; the batch
+    as large as the smallest class allows after the largest support set."""
     grid = []
     for d in DOMAINS:
         if names and d.name not in names:
@@ -105,7 +107,8 @@ def settings(names: list[str] | None = None, shots: tuple[int, ...] = SHOTS) -> 
         _, labels, classes = d.load()
         per_class = min(POOL_PER_CLASS, int(np.bincount(labels).min()))
         unlabeled = min(UNLABELED_PER_CLASS, per_class - max(shots))
-        grid += [Setting(d.name, min(MAX_WAYS, len(classes)), k, unlabeled) for k in shots]
+        for n in dict.fromkeys(min(w, len(classes)) for w in ways):
+            grid += [Setting(d.name, n, k, unlabeled) for k in shots]
     return grid
 
 
@@ -253,7 +256,15 @@ def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str]
             row["chosen"] = {s: chosen.count(s) for s in sorted(set(chosen))}
         rows.append(row)
         log(f"{setting.domain:20s} {setting.label:36s} {name:40s} {row['accuracy']:.2%} ± {row['ci95']:.2%}")
-    rows.append({"domain": setting.domain, "role": d.role, "shots": setting.shots, "records": records})
+    rows.append(
+        {
+            "domain": setting.domain,
+            "role": d.role,
+            "ways": setting.ways,
+            "shots": setting.shots,
+            "records": records,
+        }
+    )
     return rows
 
 
@@ -339,10 +350,11 @@ def run_crossdomain(
     shots: tuple[int, ...] = SHOTS,
     jobs: int = 1,
     log: Callable[[str], None] = print,
+    ways: tuple[int, ...] = (MAX_WAYS,),
 ) -> list[dict]:
     """Rows of every setting (see the module docstring); the last row of each setting holds its
     per-episode records (sources' log losses and accuracies) for `fit_source_margin`."""
-    grid = settings(names, shots)
+    grid = settings(names, shots, ways)
     method = default_method()
     for name in dict.fromkeys(s.domain for s in grid):
         domain_pool(domain(name), method)  # embedded once, here, so workers only load them
@@ -355,18 +367,20 @@ def run_crossdomain(
 
 
 def summary(rows: list[dict]) -> list[dict]:
-    """Per domain and shots: the default's accuracy, the best baseline's, and the confidence figures."""
+    """Per domain, ways and shots: the default's accuracy, the best baseline's, and the confidence
+    figures."""
     table = []
     results = [r for r in rows if "row" in r]
-    for key in dict.fromkeys((r["domain"], r["shots"]) for r in results):
-        mine = {r["row"]: r for r in results if (r["domain"], r["shots"]) == key}
+    for key in dict.fromkeys((r["domain"], r["ways"], r["shots"]) for r in results):
+        mine = {r["row"]: r for r in results if (r["domain"], r["ways"], r["shots"]) == key}
         best = max(BASELINES, key=lambda b: mine[b]["accuracy"])
         default = mine[DEFAULT_ROW]
         table.append(
             {
                 "domain": key[0],
                 "role": default["role"],
-                "shots": key[1],
+                "ways": key[1],
+                "shots": key[2],
                 "default": default,
                 "best_baseline": best,
                 "baseline": mine[best],
@@ -397,7 +411,7 @@ def format_table(rows: list[dict]) -> str:
     lines.append("Every row, accuracy % (95% CI):")
     for entry in summary(rows):
         cells = "; ".join(f"{name} {r['accuracy']:.2%}" for name, r in entry["rows"].items())
-        lines.append(f"  {entry['domain']} {entry['shots']}-shot: {cells}")
+        lines.append(f"  {entry['domain']} {entry['ways']}-way {entry['shots']}-shot: {cells}")
     return "\n".join(lines)
 
 

@@ -37,11 +37,19 @@ def blob_domains(monkeypatch):
 
 
 def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(blob_domains):
-    rows = crossdomain.run_crossdomain(["blobs-development"], episodes=3, shots=(1, 2), log=lambda _: None)
+    rows = crossdomain.run_crossdomain(
+        ["blobs-development"], episodes=3, shots=(1, 2), log=lambda _: None, ways=(2, 5)
+    )
     results = [r for r in rows if "row" in r]
     assert {r["row"] for r in results} >= {crossdomain.DEFAULT_ROW, *crossdomain.BASELINES}
-    assert {(r["ways"], r["shots"], r["episodes"]) for r in results} == {(3, 1, 3), (3, 2, 3)}
-    default = [r for r in results if r["row"] == crossdomain.DEFAULT_ROW]
+    # five ways asked, three classes in the domain: 3-way
+    assert {(r["ways"], r["shots"], r["episodes"]) for r in results} == {
+        (2, 1, 3),
+        (2, 2, 3),
+        (3, 1, 3),
+        (3, 2, 3),
+    }
+    default = [r for r in results if r["row"] == crossdomain.DEFAULT_ROW and r["ways"] == 3]
     assert all(0 <= r["ece"] <= 1 and sum(r["chosen"].values()) == 3 for r in default)
     # one shot: nothing to hold out, colour photos go to the ImageNet features by kind of image
     assert default[0]["chosen"] == {"imagenet": 3}
