@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -38,7 +37,8 @@ from mssl_core.backbones import embed_images
 from mssl_core.calibration import expected_calibration_error, fit_temperature, held_out_log_loss
 from mssl_core.data.domains import DOMAINS, Domain, domain
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
-from mssl_core.data.paths import REPO_ROOT, cache_dir
+from mssl_core.data.paths import REPO_ROOT
+from mssl_core.evaluate import cached_pool
 from mssl_core.labeling import (
     FEATURE_SOURCES,
     backbone_by_image_kind,
@@ -61,7 +61,6 @@ BASELINES = (
 )
 DEFAULT_ROW = "default (label / app)"
 RESULTS_PATH = REPO_ROOT / "docs" / "crossdomain.json"  # the published run (no per-episode records)
-MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # candidate source margins, 0 to 0.5
 MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # candidate source margins, 0 to 0.5
 
 
@@ -112,30 +111,26 @@ def settings(
     return grid
 
 
-def _cached(name: str, images: np.ndarray, compute: Callable[[], Tensor]) -> Tensor:
-    content = hashlib.sha1(images.tobytes()).hexdigest()[:12]
-    path = cache_dir() / "crossdomain" / f"{name}-{content}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    features = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.part")
-    torch.save(features.clone(), partial)
-    partial.replace(path)
-    return features
+def embed_as_labeled(backbone, images: np.ndarray) -> Tensor:
+    """Embeddings of a class pool through decoded pictures, as `label` embeds files (raw-pixel
+    sources included: the benchmark's shortcut for 28 px arrays skips their preprocessing)."""
+    flat = images.reshape(-1, *images.shape[2:])
+    return embed_images(backbone, [Image.fromarray(a) for a in flat])
 
 
 def domain_pool(d: Domain, method: str) -> DomainPool:
     """The domain's class pool and its features from every source (cached on disk)."""
     images = class_pool(*d.load()[:2])
-    flat = images.reshape(-1, *images.shape[2:])
-    pictures = [Image.fromarray(a) for a in flat]
     features = {}
     for source in FEATURE_SOURCES:
         model = model_for(method, source)
-        key = f"{d.name}-{model.backbone_key.replace(':', '-')}"
-        features[source] = _cached(key, flat, lambda m=model: embed_images(m.backbone, pictures))
-    pixels = np.stack([np.asarray(p.convert("L").resize((32, 32)), np.float32).ravel() / 255 for p in pictures])
+        features[source] = cached_pool(
+            f"crossdomain-{d.name}", model.backbone_key, model.backbone, images, embed_as_labeled
+        )
+    flat = images.reshape(-1, *images.shape[2:])
+    pixels = np.stack(
+        [np.asarray(Image.fromarray(a).convert("L").resize((32, 32)), np.float32).ravel() / 255 for a in flat]
+    )
     return DomainPool(images, features, pixels)
 
 

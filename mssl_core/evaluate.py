@@ -96,14 +96,21 @@ class Candidate:
         return self.use_unlabeled and getattr(self.method, "uses_unlabeled", False)
 
 
-def cached_pool(dataset: str, backbone_key: str, backbone, images: np.ndarray) -> Tensor:
-    """`embed_pool`, kept on disk per (dataset, checkpoint): every setting of a dataset and every
-    worker process reuses it instead of embedding the same tens of thousands of images again."""
+def cached_pool(
+    dataset: str,
+    backbone_key: str,
+    backbone,
+    images: np.ndarray,
+    embed: Callable[[object, np.ndarray], Tensor] | None = None,
+) -> Tensor:
+    """`embed` (default `embed_pool`), kept on disk per (dataset, checkpoint): every setting of a
+    dataset and every worker process reuses it instead of embedding the same tens of thousands
+    of images again."""
     content = hashlib.sha1(images.tobytes()).hexdigest()[:12]
     path = cache_dir() / "pools" / f"{dataset}-{backbone_key.replace(':', '-')}-{content}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    pool = embed_pool(backbone, images)
+    pool = (embed or embed_pool)(backbone, images)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.part")
     torch.save(pool.clone(), partial)
