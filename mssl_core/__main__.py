@@ -45,20 +45,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _crossdomain(args: argparse.Namespace) -> int:
-    from mssl_core.crossdomain import RESULTS_PATH, fit_source_margin, format_table, run_crossdomain
+    from mssl_core.crossdomain import RESULTS_PATH, fit_one_shot_factors, format_table, run_crossdomain
 
+    if args.fit_one_shot:
+        print(json.dumps(fit_one_shot_factors(args.domains, args.episodes, args.seed), indent=2))
+        return 0
     rows = run_crossdomain(
         args.domains, args.episodes, args.seed, tuple(args.shots), args.jobs, _stderr, tuple(args.ways)
     )
-    if args.out:  # per-episode records too: what --fit-margin reads
+    if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     if args.publish:
-        RESULTS_PATH.write_text(json.dumps([r for r in rows if "records" not in r], indent=1))
+        RESULTS_PATH.write_text(json.dumps(rows, indent=1))
         RESULTS_PATH.with_suffix(".txt").write_text(format_table(rows) + "\n")
-    development = [r for r in rows if r["role"] == "development"]
-    if args.fit_margin and development:
-        print(f"source margin fitted on the development domains: {fit_source_margin(development)}")
-    print(json.dumps([r for r in rows if "records" not in r], indent=2) if args.json else format_table(rows))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument(
         "--backbone",
         default="auto",
-        help="image features: auto (default), imagenet, conv4, pixels or mobilenetv2",
+        help="image features: auto (default: combined), combined, imagenet, conv4, pixels or mobilenetv2",
     )
     label.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
     label.add_argument(
@@ -244,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)"
     )
     crossdomain.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    crossdomain.add_argument("--out", help="also write every row and per-episode record to this JSON file")
+    crossdomain.add_argument("--out", help="also write every row to this JSON file")
     crossdomain.add_argument(
-        "--fit-margin", action="store_true", help="print the source margin fitted on the development domains"
+        "--fit-one-shot",
+        action="store_true",
+        help="print the one-shot factors fitted on --domains (development domains only) instead",
     )
     crossdomain.add_argument(
         "--publish",

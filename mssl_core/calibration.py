@@ -83,7 +83,7 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(sum(r["count"] * abs(r["confidence"] - r["accuracy"]) for r in rows) / total)
 
 
-def _calibrated_logits(method, x: Tensor) -> Tensor:
+def calibrated_logits(method, x: Tensor) -> Tensor:
     """Logits at the table's temperature; for baselines without one, log-probabilities (whose
     softmax is the same probabilities)."""
     if hasattr(method, "temperature"):
@@ -94,7 +94,7 @@ def _calibrated_logits(method, x: Tensor) -> Tensor:
 def held_out_predictions(
     method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Logits (at the table's temperature, see `_calibrated_logits`) and labels of the user's
+    """Logits (at the table's temperature, see `calibrated_logits`) and labels of the user's
     labeled images, each predicted by the method adapted to the others: fold f holds out the
     f-th labeled image of every class. One image of every class at once keeps the task
     balanced: holding out a single image leaves its own class one short, which lowers its score
@@ -117,7 +117,7 @@ def held_out_predictions(
             # do: transductive methods then score them the way they score the batch
             fold_unlabeled = support[held] if unlabeled is None else torch.cat([unlabeled, support[held]])
             method.fit(support[~held], support_labels[~held], fold_unlabeled)
-            scaled_logits.append(_calibrated_logits(method, support[held]))
+            scaled_logits.append(calibrated_logits(method, support[held]))
             held_labels.append(support_labels[held])
     return torch.cat(scaled_logits), torch.cat(held_labels)
 

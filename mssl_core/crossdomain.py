@@ -3,16 +3,15 @@ the models were meta-trained on, beside simple baselines computed on the same ep
 
 Each episode is a labeling task as a user brings it: a few labeled images per class and a
 batch of unlabeled ones, which are the images scored (the batch *is* what gets pseudo-labeled).
-The product's row runs the code `label` runs after embedding: the feature source picked per task
-(`labeling.pick_source`, by held-out log loss on the task's labeled images, or the rule by kind
-of image at one shot), then `labeling.fit_task` (the default method, confidence at the table's
-temperature times the domain factor measured on the labeled images). Baselines (as in the
+The product's row runs the code `label` runs after embedding: `labeling.fit_task` with the
+default method on the combined source (combined_source.py: every source's calibrated
+predictions averaged, confidence checked on the task's labeled images). Baselines (as in the
 held-out checks): nearest class mean on 32x32 raw pixels; on ImageNet MobileNetV2 features
 centred on the task and L2-normalised: nearest class mean, logistic regression and label
 spreading (k = 10, alpha = 0.2). Rows per fixed feature source show what each contributes.
 
 Domains are split into development and test ones (data/domains.py); a choice fitted on
-benchmark results (`fit_source_margin`) refuses test-domain results.
+benchmark data (`fit_one_shot_factors`) refuses test domains.
 """
 
 from __future__ import annotations
@@ -34,19 +33,12 @@ from sklearn.semi_supervised import LabelSpreading
 from torch import Tensor
 
 from mssl_core.backbones import embed_images
-from mssl_core.calibration import expected_calibration_error, fit_temperature, held_out_log_loss
+from mssl_core.calibration import calibrated_logits, expected_calibration_error, fit_temperature
 from mssl_core.data.domains import DOMAINS, Domain, domain
 from mssl_core.data.episodes import Episode, EpisodeSampler, EpisodeSpec
 from mssl_core.data.paths import REPO_ROOT
 from mssl_core.evaluate import cached_pool
-from mssl_core.labeling import (
-    FEATURE_SOURCES,
-    backbone_by_image_kind,
-    default_method,
-    fit_task,
-    model_for,
-    pick_source,
-)
+from mssl_core.labeling import FEATURE_SOURCES, default_method, fit_task, model_for
 
 SHOTS = (1, 5, 10)
 MAX_WAYS = 5
@@ -60,8 +52,7 @@ BASELINES = (
     "label spreading, ImageNet centred",
 )
 DEFAULT_ROW = "default (label / app)"
-RESULTS_PATH = REPO_ROOT / "docs" / "crossdomain.json"  # the published run (no per-episode records)
-MARGINS = tuple(round(0.05 * i, 2) for i in range(11))  # candidate source margins, 0 to 0.5
+RESULTS_PATH = REPO_ROOT / "docs" / "crossdomain.json"  # the published run
 
 
 @dataclass(frozen=True)
@@ -163,20 +154,8 @@ def baseline_predictions(pool: DomainPool, episode: Episode) -> dict[str, np.nda
     }
 
 
-def source_log_losses(models: dict, pool: DomainPool, episode: Episode) -> dict[str, float]:
-    """Held-out log loss of each source's model on the episode's labeled images (as `label`)."""
-    labels = torch.from_numpy(episode.support_labels)
-    scores = {}
-    for source, model in models.items():
-        features = pool.features[source]
-        scores[source] = held_out_log_loss(
-            copy.deepcopy(model.method), features[episode.support], labels, features[episode.unlabeled]
-        )
-    return scores
-
-
-def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict:
-    """Per row: the batch's predicted labels and confidences; the sources' log losses."""
+def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict[str, tuple]:
+    """Per row: the batch's predicted labels and confidences (None for baselines)."""
     labels = torch.from_numpy(episode.support_labels)
     classes = [str(c) for c in range(int(labels.max()) + 1)]
     outcomes = {name: (predicted, None) for name, predicted in baseline_predictions(pool, episode).items()}
@@ -185,15 +164,8 @@ def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict:
         task = fit_task(model, classes, features[episode.support], labels, features[episode.unlabeled])
         probabilities = task.probabilities(features[episode.unlabeled]).numpy()
         outcomes[f"{source} features"] = (probabilities.argmax(1), probabilities.max(1))
-    if np.bincount(episode.support_labels).min() >= 2:
-        losses = source_log_losses(models, pool, episode)
-        chosen = pick_source(losses)
-    else:
-        flat = pool.images.reshape(-1, *pool.images.shape[2:])
-        pictures = [[Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)]
-        losses, chosen = {}, backbone_by_image_kind(*pictures)[0]
-    outcomes[DEFAULT_ROW] = outcomes[f"{chosen} features"]
-    return {"rows": outcomes, "losses": losses, "chosen": chosen}
+    outcomes[DEFAULT_ROW] = outcomes[f"{FEATURE_SOURCES[0]} features"]
+    return outcomes
 
 
 def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str], None] = print) -> list[dict]:
@@ -207,24 +179,15 @@ def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str]
     episode_seed = seed * 1000 + int(hashlib.sha1(setting.domain.encode()).hexdigest()[:4], 16) + setting.shots
     sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=episode_seed)
     per_row: dict[str, dict[str, list]] = {}
-    records = []
     for _ in range(episodes):
         episode = sampler.sample()
-        outcome = episode_outcomes(models, pool, episode)
         truth = episode.unlabeled_labels
-        for name, (predicted, confidence) in outcome["rows"].items():
+        for name, (predicted, confidence) in episode_outcomes(models, pool, episode).items():
             row = per_row.setdefault(name, {"accuracy": [], "confidence": [], "correct": []})
             row["accuracy"].append(float((predicted == truth).mean()))
             if confidence is not None:
                 row["confidence"].append(confidence)
                 row["correct"].append(predicted == truth)
-        records.append(
-            {
-                "chosen": outcome["chosen"],
-                "losses": outcome["losses"],
-                "accuracy": {s: per_row[f"{s} features"]["accuracy"][-1] for s in models},
-            }
-        )
     rows = []
     for name, values in per_row.items():
         accuracy = np.asarray(values["accuracy"])
@@ -246,20 +209,8 @@ def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str]
             row.update(
                 confidence_figures(np.concatenate(values["confidence"]), np.concatenate(values["correct"]))
             )
-        if name == DEFAULT_ROW:
-            chosen = [r["chosen"] for r in records]
-            row["chosen"] = {s: chosen.count(s) for s in sorted(set(chosen))}
         rows.append(row)
         log(f"{setting.domain:20s} {setting.label:36s} {name:40s} {row['accuracy']:.2%} ± {row['ci95']:.2%}")
-    rows.append(
-        {
-            "domain": setting.domain,
-            "role": d.role,
-            "ways": setting.ways,
-            "shots": setting.shots,
-            "records": records,
-        }
-    )
     return rows
 
 
@@ -275,62 +226,45 @@ def confidence_figures(confidence: np.ndarray, correct: np.ndarray) -> dict:
     return figures
 
 
-def fit_source_margin(rows: list[dict], margins: tuple[float, ...] = MARGINS) -> float:
-    """The margin (see `labeling.pick_source`) with the best mean accuracy over the episodes
-    recorded in `rows`, which must come from development domains only: a choice fitted on a
-    test domain would no longer test anything."""
-    recorded = [r for r in rows if "records" in r]
-    tests = sorted({r["domain"] for r in recorded if r["role"] != "development"})
-    if tests:
-        raise ValueError(f"choices are fitted on development domains only; got results of {', '.join(tests)}")
-    measured = [e for r in recorded for e in r["records"] if e["losses"]]
-
-    def mean_accuracy(margin: float) -> float:
-        return float(np.mean([r["accuracy"][pick_source(r["losses"], margin)] for r in measured]))
-
-    return float(max(margins, key=mean_accuracy))
-
-
 def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -> dict[str, float]:
-    """Per feature source, the factor on the table's temperature that makes one-shot confidence
-    right on average over the development domains `names` (maximum likelihood over their batch
-    images): with one labeled image per class nothing can be held out, so this is the best
-    prior available. Each episode uses the source the one-shot rule picks, as `label` does."""
+    """The factors of `combined_source.ONE_SHOT_FACTORS`: per member of the combined source, the
+    factor on its table's temperature that makes one-shot confidence right on average over the
+    development domains `names` (maximum likelihood over their batch images), then the
+    ensemble's temperature on the members so calibrated. With one labeled image per class
+    nothing can be held out, so this is the best prior available; a test domain is refused."""
     chosen = [domain(name) for name in names]
     tests = [d.name for d in chosen if d.role != "development"]
     if tests:
         raise ValueError(f"choices are fitted on development domains only; got {', '.join(tests)}")
     method = default_method()
-    models = {source: model_for(method, source) for source in FEATURE_SOURCES}
-    logits: dict[str, list[Tensor]] = {}
-    truths: dict[str, list[np.ndarray]] = {}
+    members = model_for(method, "combined").method.members
+    logits: dict[str, list[Tensor]] = {name: [] for name in members}
+    truths = []
     for d in chosen:
         pool = domain_pool(d, method)
-        flat = pool.images.reshape(-1, *pool.images.shape[2:])
+        features = pool.features["combined"]
         n_classes, n_per_class = pool.images.shape[:2]
         spec = EpisodeSpec(min(MAX_WAYS, n_classes), 1, min(UNLABELED_PER_CLASS, n_per_class - 1), 0, 0)
         sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
         for _ in range(episodes):
             episode = sampler.sample()
-            pictures = [
-                [Image.fromarray(flat[i]) for i in part] for part in (episode.support, episode.unlabeled)
-            ]
-            source = backbone_by_image_kind(*pictures)[0]
-            method_copy, features = copy.deepcopy(models[source].method), pool.features[source]
             labels = torch.from_numpy(episode.support_labels)
-            with torch.no_grad():
-                method_copy.fit(features[episode.support], labels, features[episode.unlabeled])
-                scaled = method_copy.logits(features[episode.unlabeled]) / method_copy.temperature
-            # tasks of fewer ways padded with classes no image can belong to
-            padded = torch.nn.functional.pad(scaled, (0, MAX_WAYS - scaled.shape[1]), value=-1e4)
-            logits.setdefault(source, []).append(padded)
-            truths.setdefault(source, []).append(episode.unlabeled_labels)
-    return {
-        source: round(
-            fit_temperature(torch.cat(logits[source]), torch.from_numpy(np.concatenate(truths[source]))), 3
-        )
-        for source in logits
-    }
+            for name, member in members.items():
+                fitted = copy.deepcopy(member)
+                with torch.no_grad():
+                    fitted.fit(features[episode.support], labels, features[episode.unlabeled])
+                    scaled = calibrated_logits(fitted, features[episode.unlabeled])
+                # tasks of fewer ways padded with classes no image can belong to
+                logits[name].append(
+                    torch.nn.functional.pad(scaled, (0, MAX_WAYS - scaled.shape[1]), value=-1e4)
+                )
+            truths.append(episode.unlabeled_labels)
+    truth = torch.from_numpy(np.concatenate(truths))
+    joined = {name: torch.cat(values) for name, values in logits.items()}
+    factors = {name: fit_temperature(values, truth) for name, values in joined.items()}
+    combined = torch.stack([torch.log_softmax(joined[n] / factors[n], dim=1) for n in members]).mean(0)
+    factors["combined"] = fit_temperature(combined, truth)
+    return {name: round(value, 3) for name, value in factors.items()}
 
 
 def _setting_rows_in_worker(args: tuple) -> list[dict]:
@@ -347,8 +281,7 @@ def run_crossdomain(
     log: Callable[[str], None] = print,
     ways: tuple[int, ...] = (MAX_WAYS,),
 ) -> list[dict]:
-    """Rows of every setting (see the module docstring); the last row of each setting holds its
-    per-episode records (sources' log losses and accuracies) for `fit_source_margin`."""
+    """Rows of every setting (see the module docstring)."""
     grid = settings(names, shots, ways)
     method = default_method()
     for name in dict.fromkeys(s.domain for s in grid):
@@ -389,18 +322,17 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table: per setting, the default against the best baseline, and calibration."""
     lines = [
         f"{'domain':20s} {'role':11s} {'setting':36s} {'default (95% CI)':>17s} {'best baseline':>15s} "
-        f"{'gap':>6s} {'ECE':>6s} {'>=0.9':>6s} {'promised':>8s} {'actual':>7s}  sources chosen; best baseline"
+        f"{'gap':>6s} {'ECE':>6s} {'>=0.9':>6s} {'promised':>8s} {'actual':>7s}  best baseline"
     ]
     for entry in summary(rows):
         d, b = entry["default"], entry["baseline"]
         gap = (d["accuracy"] - b["accuracy"]) * 100
-        chosen = ", ".join(f"{s} {n}" for s, n in d.get("chosen", {}).items())
         promised = f"{d['promised_precision']:.1%}" if "promised_precision" in d else "-"
         actual = f"{d['actual_precision']:.1%}" if "actual_precision" in d else "-"
         lines.append(
             f"{entry['domain']:20s} {entry['role']:11s} {d['setting']:36s} "
             f"{d['accuracy']:7.2%} ± {d['ci95']:5.2%} {b['accuracy']:15.2%} {gap:+6.1f} {d['ece']:6.3f} "
-            f"{d['accepted_share']:6.1%} {promised:>8s} {actual:>7s}  {chosen}; {entry['best_baseline']}"
+            f"{d['accepted_share']:6.1%} {promised:>8s} {actual:>7s}  {entry['best_baseline']}"
         )
     lines.append("")
     lines.append("Every row, accuracy % (95% CI):")

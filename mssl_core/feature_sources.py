@@ -20,6 +20,8 @@ applies as it is; the per-task domain factor (calibration.py) corrects confidenc
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -131,15 +133,26 @@ class TaskCentred:
 CENTRED_SOURCES = ("imagenet", "pixels")
 
 
+def centred_method(base: Model, blocks: tuple[int, ...], power: float | None) -> TaskCentred:
+    """`base`'s method (a MobileNetV2 checkpoint's) on task-centred features of `blocks`."""
+    head = base.backbone.head
+    return TaskCentred(
+        copy.deepcopy(base.method), blocks, power, head.projection.shape[1], head.log_scale.exp().item()
+    )
+
+
 def centred_model(base: Model, source: str) -> Model:
     """`base`'s method (a MobileNetV2 checkpoint's) on the task-centred headless `source`."""
-    head = base.backbone.head
-    out_dim, scale = head.projection.shape[1], head.log_scale.exp().item()
     if source == "imagenet":
         backbone, blocks, power = ImageNetStages(), IMAGENET_STAGE_DIMS, 0.5
     else:
         backbone = PixelBackbone()
         blocks, power = (backbone.embedding_dim,), None
-    method = TaskCentred(base.method, blocks, power, out_dim, scale)
     # the features depend on the source alone, so every method shares their cached embeddings
-    return Model(f"{source}+{base.name}", backbone.eval(), method, base.card, fingerprint="centred-v1")
+    return Model(
+        f"{source}+{base.name}",
+        backbone.eval(),
+        centred_method(base, blocks, power),
+        base.card,
+        fingerprint="centred-v1",
+    )

@@ -22,28 +22,18 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import HELD_OUT_UNLABELED, held_out_domain_factor, held_out_log_loss
+from mssl_core.calibration import held_out_domain_factor
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
+from mssl_core.combined_source import ONE_SHOT_FACTORS, SourceEnsemble, combined_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.feature_sources import CENTRED_SOURCES, centred_model
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
 from mssl_core.methods import METHODS, make_method
 from mssl_core.ssl import SSLOptions, with_ssl
 
-# Image features the automatic choice compares, the default first (see `choose_backbone`).
-FEATURE_SOURCES = ("imagenet", "conv4", "pixels", "mobilenetv2")
-# Both fitted on the development domains only (`python -m mssl_core crossdomain --fit-margin`,
-# `crossdomain.fit_one_shot_factors`; docs/crossdomain.txt): the log loss another source must
-# win by over the default (a few held-out images pick a winner noisily), and the factor on the
-# temperature table where confidence cannot be checked on the user's images (one labeled image
-# in a class): the table comes from characters and is far too sure of itself on other images.
-SOURCE_MARGIN = 0.2
-UNCHECKED_FACTORS = {"imagenet": 5.389, "conv4": 2.406}
-SMALL_GRAY_SIDE = 64  # at most this size and grayscale: drawings/characters, Conv-4's domain
-# Pen strokes are mostly pure ink: the median meta-training character has 41% of its non-
-# background pixels within 10% of full ink, and 99% have at least 19.6%; photographs' graded tones
-# have few (Fashion-MNIST's median clothing item: 5%).
-DRAWING_INK_PURITY = 0.19
+# Image features: "combined" (every other source at once, see combined_source.py) is the
+# default; the others are there to be chosen by name.
+FEATURE_SOURCES = ("combined", "imagenet", "conv4", "pixels", "mobilenetv2")
 FIT_LIMIT = 20_000  # batch images a `label` run adapts to; more add little and cost n^2 time
 
 
@@ -129,10 +119,12 @@ def load_card(name: str, folder: Path = MODELS_DIR) -> dict:
 def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
     """The model for (image features, method): a meta-trained checkpoint, or for the headless
     sources (`imagenet`, `pixels`) the MobileNetV2 checkpoint's method on task-centred features
-    (see feature_sources.py). Baselines borrow the features of the prototypical checkpoint,
-    since they are not meta-trained themselves."""
+    (see feature_sources.py), or for `combined` all of them (combined_source.py). Baselines
+    borrow the features of the prototypical checkpoint, since they are not meta-trained themselves."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
+    if backbone == "combined":
+        return combined_model(model_for(method, "mobilenetv2", folder), model_for(method, "conv4", folder))
     if backbone in CENTRED_SOURCES:
         return centred_model(model_for(method, "mobilenetv2", folder), backbone)
     if getattr(METHODS[method], "meta_trained", True):
@@ -172,18 +164,23 @@ def fit_task(
     `ssl` switched on.
 
     Confidence uses the validation temperature of the task's shape; where every class has two
-    or more labeled images, times the domain factor measured on them (see calibration.py),
-    otherwise times the factor fitted for the features on the development domains."""
+    or more labeled images, times the domain factor measured on them (see calibration.py). The
+    combined source calibrates each of its members that way (combined_source.py). Where a class
+    has one labeled image, the factor fitted for the source on the development domains."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     # A private copy: app sessions run in threads and share one loaded model.
-    method = with_ssl(copy.deepcopy(model.method), ssl)
+    method = copy.deepcopy(model.method)
+    if isinstance(method, SourceEnsemble):
+        method.with_ssl(ssl).fit(support, support_labels, task_unlabeled)
+        return AdaptedTask(classes, method, method.temperature, method.checked)
+    method = with_ssl(method, ssl)
     factor = held_out_domain_factor(method, support, support_labels, task_unlabeled)
-    checked = factor is not None
-    if not checked and hasattr(method, "temperature"):
-        factor = UNCHECKED_FACTORS.get(model.backbone.name, 1.0)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
-    return AdaptedTask(classes, method, None if factor is None else method.temperature * factor, checked)
+    if not hasattr(method, "temperature"):
+        return AdaptedTask(classes, method, None, False)
+    unchecked = ONE_SHOT_FACTORS.get(model.backbone.name, 1.0)
+    return AdaptedTask(classes, method, method.temperature * (factor or unchecked), factor is not None)
 
 
 def adapt(
@@ -210,79 +207,25 @@ def fit_sample(count: int, limit: int | None = None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, limit, replace=False))
 
 
-def choose_backbone(
-    images: Sequence[Image.Image],
-    labels: Tensor,
-    method: str,
-    folder: Path = MODELS_DIR,
-    unlabeled_paths: Sequence[Path] = (),
-    cache: EmbeddingCache | None = None,
-) -> tuple[str, str]:
-    """(image features, reason). Measured on the support set by held-out log loss with
-    `method` when every class has two images, the method adapting with a fixed sample of the
-    unlabeled images as it will when labeling (embedded through `cache`, so the run that
-    follows finds them there); otherwise by the kind of images (`backbone_by_image_kind`).
-
-    The task-centred ImageNet features are the default: another source must beat them by
-    `SOURCE_MARGIN` in log loss, since a few held-out images pick the winner noisily."""
+def choose_backbone(folder: Path = MODELS_DIR) -> tuple[str, str]:
+    """(image features, reason): the combined source where its checkpoints are shipped, else
+    the first source that is."""
     candidates = [b for b in FEATURE_SOURCES if _installed(b, folder)]
-    if len(candidates) == 1:
-        return candidates[0], "the only image features installed"
-    sample = [unlabeled_paths[i] for i in fit_sample(len(unlabeled_paths), HELD_OUT_UNLABELED)]
-    if (torch.bincount(labels) < 2).any():
-        best, kind = backbone_by_image_kind(images, readable_images(sample))
-        why = "a class has one labeled example: too few to measure which does better"
-        return best, f"image features {best}: {kind} ({why})"
-    scores = {}
-    for backbone in candidates:
-        model = model_for(method, backbone, folder)
-        embedded = embed_files(model.backbone, model.backbone_key, sample, cache, log=lambda _: None)
-        unlabeled = torch.from_numpy(embedded.embeddings) if len(embedded.embeddings) else None
-        method_copy = copy.deepcopy(model.method)  # the loaded model is shared by app sessions
-        support = embed_images(model.backbone, images)
-        scores[backbone] = held_out_log_loss(method_copy, support, labels, unlabeled)
-    best = pick_source(scores)
-    measured = ", ".join(f"{b} {scores[b]:.2f}" for b in candidates)
-    return best, (
-        f"image features {best}: your labeled examples, each predicted from the others, came "
-        f"out best with it (log loss {measured}; lower is better; {candidates[0]} unless another "
-        f"is lower by {SOURCE_MARGIN})"
-    )
-
-
-def pick_source(losses: dict[str, float], margin: float = SOURCE_MARGIN) -> str:
-    """The feature source with the lowest held-out log loss, where any but the default (the
-    first of FEATURE_SOURCES among them) must be lower by `margin`."""
-    default = next(s for s in FEATURE_SOURCES if s in losses)
-    return min(losses, key=lambda s: losses[s] + (0 if s == default else margin))
+    if not candidates:
+        raise FileNotFoundError(f"no model in {folder} to embed images with")
+    if candidates[0] == "combined":
+        return "combined", (
+            "image features: all of them combined (ImageNet features, the meta-trained head, Conv-4, "
+            "raw pixels), each weighted by how well it predicts your labeled examples"
+        )
+    return candidates[0], f"image features {candidates[0]}: the only ones installed"
 
 
 def _installed(source: str, folder: Path) -> bool:
-    """Whether the checkpoint a feature source needs is shipped in `folder`."""
-    needs = "mobilenetv2" if source in CENTRED_SOURCES else source
-    return f"{needs}-protonet" in available_models(folder)
-
-
-def backbone_by_image_kind(images: Sequence[Image.Image], batch: Iterable[Image.Image] = ()) -> tuple[str, str]:
-    """(image features, kind of images) where nothing can be measured: small grayscale
-    drawings (characters, digits, sketches: what Conv-4 was meta-trained on) go to Conv-4,
-    everything else, grayscale photos included, to the task-centred ImageNet features.
-    Drawings: the labeled images are small and grayscale, and the median ink purity of them
-    and of `batch` (unlabeled images, read only if the labeled ones qualify) is a pen stroke's."""
-    small_gray = all(im.mode == "L" and max(im.size) <= SMALL_GRAY_SIDE for im in images)
-    if small_gray and np.median([ink_purity(im) for im in (*images, *batch)]) >= DRAWING_INK_PURITY:
-        return "conv4", "small grayscale drawings, like the characters it learned from"
-    return "imagenet", "photos, or large or colour images"
-
-
-def ink_purity(image: Image.Image) -> float:
-    """Share of an image's foreground pixels (beyond 10% of its background, the dark or the light
-    end, whichever the image is mostly near) that are pure ink (within 10% of the other end)."""
-    pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255
-    if pixels.mean() > 0.5:  # dark ink on a light background
-        pixels = 1 - pixels
-    foreground = pixels > 0.1
-    return float((pixels > 0.9).sum() / max(foreground.sum(), 1))
+    """Whether the checkpoints a feature source needs are shipped in `folder`."""
+    needs = {"combined": ("mobilenetv2", "conv4"), "imagenet": ("mobilenetv2",), "pixels": ("mobilenetv2",)}
+    shipped = available_models(folder)
+    return all(f"{n}-protonet" in shipped for n in needs.get(source, (source,)))
 
 
 def readable_images(paths: Iterable[Path]) -> Iterator[Image.Image]:
@@ -345,7 +288,7 @@ def prepare_support(
     images = [im for im, _ in usable]
     labels = torch.tensor([classes.index(label) for _, label in usable])
     if backbone == "auto":
-        backbone, reason = choose_backbone(images, labels, method, folder, unlabeled_paths, cache)
+        backbone, reason = choose_backbone(folder)
     else:
         reason = f"image features {backbone}: chosen by the user"
     model = model_for(method, backbone, folder)

@@ -5,10 +5,8 @@ import time
 from dataclasses import asdict, replace
 
 import streamlit as st
-import torch
 
 from mssl_core.checkpoints import available_models
-from mssl_core.images import decode_image
 from mssl_core.ingest import demo_accuracy
 from mssl_core.labeling import FEATURE_SOURCES, choose_backbone, default_method
 from mssl_core.methods import METHODS
@@ -42,9 +40,9 @@ method = st.radio(
 )
 backbone_choice = st.selectbox(
     "Image features",
-    ["auto", *FEATURE_SOURCES],
+    ["auto", *FEATURE_SOURCES[1:]],
     format_func={
-        "auto": "Automatic (measured on your labeled examples)",
+        "auto": "Automatic: all of the below combined, each weighted by how it predicts your labeled examples",
         "imagenet": "General image features, centred on your images (ImageNet MobileNetV2, no head)",
         "conv4": "Drawings and characters (small network trained here)",
         "pixels": "Raw pixels, centred on your images",
@@ -97,12 +95,7 @@ if st.button("Pseudo-label", type="primary"):
     started = time.perf_counter()
     backbone = backbone_choice
     if backbone == "auto":
-        images = [decode_image(image.path) for image, _ in support]
-        labels = torch.tensor([classes.index(label) for _, label in support])
-        unlabeled_paths = [image.path for image in project.images("unlabeled")]
-        backbone, reason = choose_backbone(
-            images, labels, method, unlabeled_paths=unlabeled_paths, cache=embedding_cache()
-        )
+        backbone, reason = choose_backbone()
         st.caption(reason)
     bar = st.progress(0.0, text="Embedding images (each image only once, then cached)…")
     with saved_or_reported():

@@ -161,8 +161,7 @@ def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_chec
     _button(app, "Pseudo-label").click().run()
     assert not app.exception
     assert "Pseudo-labeled 20 images" in app.success[0].value
-    # the automatic choice had nothing to hold out: clothing photos go to ImageNet features by kind
-    assert any("imagenet: photos" in c.value for c in app.caption)
+    assert any("all of them combined" in c.value for c in app.caption)
     assert any("could not be checked on your own images" in w.value for w in app.warning)
     app.switch_page("pages/review.py").run()
     assert not app.exception

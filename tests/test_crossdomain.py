@@ -49,36 +49,22 @@ def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(
         (3, 1, 3),
         (3, 2, 3),
     }
-    default = [r for r in results if r["row"] == crossdomain.DEFAULT_ROW and r["ways"] == 3]
-    assert all(0 <= r["ece"] <= 1 and sum(r["chosen"].values()) == 3 for r in default)
-    # one shot: nothing to hold out, colour photos go to the ImageNet features by kind of image
-    assert default[0]["chosen"] == {"imagenet": 3}
+    by_row = {(r["row"], r["ways"], r["shots"]): r for r in results}
+    for ways, shots in [(2, 1), (2, 2), (3, 1), (3, 2)]:
+        default = by_row[crossdomain.DEFAULT_ROW, ways, shots]
+        assert 0 <= default["ece"] <= 1
+        assert default["accuracy"] == by_row["combined features", ways, shots]["accuracy"]
     table = crossdomain.format_table(rows)
     assert "blobs-development" in table and "best baseline" in table
 
 
-def test_choices_are_fitted_on_development_domains_only(blob_domains):
-    rows = crossdomain.run_crossdomain(None, episodes=2, shots=(2,), log=lambda _: None)
-    development = [r for r in rows if r["role"] == "development"]
-    assert crossdomain.fit_source_margin(development) in crossdomain.MARGINS
-    with pytest.raises(ValueError, match="development domains only.*blobs-test"):
-        crossdomain.fit_source_margin(rows)
+def test_one_shot_factors_are_fitted_on_development_domains_only(blob_domains):
+    from mssl_core.combined_source import ONE_SHOT_FACTORS
+
+    factors = crossdomain.fit_one_shot_factors(["blobs-development"], episodes=2)
+    assert factors.keys() == ONE_SHOT_FACTORS.keys() and all(f > 0 for f in factors.values())
     with pytest.raises(ValueError, match="development domains only.*blobs-test"):
         crossdomain.fit_one_shot_factors(["blobs-development", "blobs-test"], episodes=1)
-
-
-def test_the_fitted_margin_is_the_one_that_picks_the_better_source():
-    from mssl_core.labeling import FEATURE_SOURCES
-
-    default, other = FEATURE_SOURCES[:2]
-    # the other source always looks slightly better held out, but is worse on the batch
-    records = [
-        {"losses": {default: 0.5, other: 0.4}, "accuracy": {default: 0.9, other: 0.6}, "chosen": default}
-    ]
-    rows = [{"domain": "d", "role": "development", "records": records}]
-    assert crossdomain.fit_source_margin(rows) >= 0.1
-    records[0]["accuracy"] = {default: 0.6, other: 0.9}
-    assert crossdomain.fit_source_margin(rows) == 0.0
 
 
 def test_centring_is_the_same_in_label_the_app_and_the_benchmark(shape_folders, tmp_path):
@@ -140,7 +126,8 @@ def test_task_centred_features_do_not_depend_on_where_the_batch_is_centred():
 
 
 def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_checked(shape_folders):
-    from mssl_core.labeling import UNCHECKED_FACTORS, fit_task, model_for
+    from mssl_core.combined_source import ONE_SHOT_FACTORS
+    from mssl_core.labeling import fit_task, model_for
 
     model = model_for("protonet", "imagenet")
     images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
@@ -150,4 +137,4 @@ def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_che
     batch = embed_images(model.backbone, images * 2)
     task = fit_task(model, ["r", "g", "b"], support, torch.arange(3), batch)
     assert not task.confidence_checked
-    assert task.temperature == pytest.approx(task.method.temperature * UNCHECKED_FACTORS["imagenet"])
+    assert task.temperature == pytest.approx(task.method.temperature * ONE_SHOT_FACTORS["imagenet"])

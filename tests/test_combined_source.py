@@ -1,0 +1,111 @@
+"""The combined source: every feature source in one embedding, their calibrated predictions averaged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mssl_core.combined_source import Sliced, SourceEnsemble
+from mssl_core.methods import make_method
+
+
+def _two_sources(shots: int, seed: int = 0, spread: float = 6):
+    """Joint 16-d features: dims 0-7 separate three classes, dims 8-15 are noise."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(3, 8, generator=generator) * spread
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        informative = centres[labels] + torch.randn(len(labels), 8, generator=generator)
+        return torch.cat([informative, torch.randn(len(labels), 8, generator=generator) * 6], dim=1)
+
+    labels, batch_labels = torch.arange(3).repeat_interleave(shots), torch.arange(3).repeat_interleave(20)
+    return draw(labels), labels, draw(batch_labels), batch_labels
+
+
+def _ensemble(one_shot: dict[str, float] | None = None) -> SourceEnsemble:
+    members = {
+        "informative": Sliced(make_method("protonet"), slice(0, 8)),
+        "noise": Sliced(make_method("protonet"), slice(8, 16)),
+    }
+    return SourceEnsemble(members, one_shot or {"informative": 1.0, "noise": 1.0, "combined": 1.0})
+
+
+def test_a_member_that_only_adds_noise_is_tempered_and_the_ensemble_keeps_the_good_one():
+    support, labels, batch, truth = _two_sources(shots=4)
+    ensemble = _ensemble().fit(support, labels, batch)
+    assert ensemble.checked
+    # held out, the noise member's predictions are poor, so its confidence is softened most
+    assert ensemble.factors["noise"] > 2 * ensemble.factors["informative"]
+    probabilities = ensemble.predict_proba(batch)
+    assert torch.allclose(probabilities.sum(1), torch.ones(len(batch)))
+    informative_alone = make_method("protonet").fit(support[:, :8], labels).predict_proba(batch[:, :8])
+    accuracy = (probabilities.argmax(1) == truth).float().mean()
+    assert accuracy >= (informative_alone.argmax(1) == truth).float().mean() - 0.05
+    noise_alone = make_method("protonet").fit(support[:, 8:], labels).predict_proba(batch[:, 8:])
+    assert accuracy > (noise_alone.argmax(1) == truth).float().mean() + 0.3
+
+
+def test_with_one_labeled_image_per_class_the_development_factors_stand_in():
+    support, labels, batch, _ = _two_sources(shots=1)
+    factors = {"informative": 3.0, "noise": 9.0, "combined": 0.5}
+    ensemble = _ensemble(factors).fit(support, labels, batch)
+    assert not ensemble.checked
+    assert ensemble.factors == {"informative": 3.0, "noise": 9.0} and ensemble.temperature == 0.5
+
+
+def test_joint_features_hold_each_source_as_it_embeds_alone(shape_folders):
+    from mssl_core.backbones import PixelBackbone, embed_images
+    from mssl_core.feature_sources import ImageNetStages
+    from mssl_core.images import decode_image, list_files
+    from mssl_core.labeling import model_for
+
+    images = [decode_image(p) for p in list_files(shape_folders[1])[:4] if p.name != "broken.png"]
+    combined = model_for("protonet", "combined")
+    joint = embed_images(combined.backbone, images)
+    where = combined.backbone.slices()
+    alone = {
+        "imagenet": ImageNetStages(),
+        "mobilenetv2": model_for("protonet", "mobilenetv2").backbone,
+        "conv4": model_for("protonet", "conv4").backbone,
+        "pixels": PixelBackbone(),
+    }
+    for name, backbone in alone.items():
+        assert torch.allclose(joint[:, where[name]], embed_images(backbone, images), atol=1e-4), name
+    assert torch.equal(joint[:, where["final"]], joint[:, where["imagenet"]][:, -1280:])
+
+
+def test_a_head_made_to_hurt_does_not_drag_the_combined_source_down(both_backbones, shape_folders):
+    """The MobileNetV2 head made to map every image to the same point (its correction cancels
+    the projection) and Conv-4 untrained: labeling with the default features still does as
+    well as the ImageNet features without any head."""
+    from mssl_core import labeling
+    from mssl_core.checkpoints import load_model, save_model
+
+    model = load_model("mobilenetv2-protonet", both_backbones)
+    head = model.backbone.head
+    with torch.no_grad():
+        head.correction.weight.copy_(-head.projection.T)
+    save_model(model, both_backbones)
+    support, unlabeled, truth = shape_folders
+
+    def accuracy(backbone: str) -> float:
+        result = labeling.label_folders(
+            support, unlabeled, "protonet", backbone, both_backbones, log=lambda _: None
+        )
+        rows = [r for r in result.rows if r.label]
+        return float(np.mean([r.label == truth[r.path] for r in rows]))
+
+    assert labeling.choose_backbone(both_backbones)[0] == "combined"
+    assert accuracy("mobilenetv2") <= 0.5  # the head alone is made useless
+    assert accuracy("auto") >= accuracy("imagenet") - 1 / len(truth)
+
+
+@pytest.mark.parametrize("shots", [1, 3])
+def test_semi_supervised_terms_reach_every_member(shots):
+    from mssl_core.ssl import SSLOptions
+
+    support, labels, batch, _ = _two_sources(shots=shots, spread=1)
+    plain = _ensemble().fit(support, labels, batch).predict_proba(batch)
+    tuned = _ensemble().with_ssl(SSLOptions(pseudo_label_rounds=1, pseudo_label_threshold=0.5))
+    assert not torch.allclose(plain, tuned.fit(support, labels, batch).predict_proba(batch))
