@@ -1,24 +1,44 @@
-"""MSSL Label Assist — Streamlit entry point: navigation over the pages in `pages/`, or only a
+"""MSSL Label Assist — Streamlit entry point: navigation over the pages in `views/`, or only a
 password prompt while a configured password has not been given in this session."""
+
+from pathlib import Path
 
 import streamlit as st
 
-from pages.common import locked, password_prompt
+from views.common import configured_password, locked, log_out, password_prompt
 
-st.set_page_config(page_title="MSSL Label Assist", page_icon=":material/label:", layout="wide")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+ICON = Path(__file__).parent / "assets" / "icon.svg"
+
+# An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
+st.set_page_config(page_title="MSSL Label Assist", page_icon=str(ICON), layout="wide")
+
+if st.get_option("server.address") not in LOOPBACK and configured_password() is None:
+    st.error(
+        "This app is reachable from other machines (server.address is not 127.0.0.1) but has no "
+        "password. Set MSSL_PASSWORD (or `password` in .streamlit/secrets.toml) and restart."
+    )
+    st.stop()
 
 if locked():  # the only page that exists until the password is given: no URL reaches another
     navigation = st.navigation([st.Page(password_prompt, title="Log in", icon=":material/lock:")])
 else:
     navigation = st.navigation(
         [
-            st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-            st.Page("pages/upload.py", title="1 · Project & upload", icon=":material/upload:"),
-            st.Page("pages/pseudo_label.py", title="2 · Pseudo-label", icon=":material/auto_awesome:"),
-            st.Page("pages/review.py", title="3 · Review", icon=":material/fact_check:"),
-            st.Page("pages/explore.py", title="4 · Explore", icon=":material/scatter_plot:"),
-            st.Page("pages/export.py", title="5 · Export", icon=":material/download:"),
-            st.Page("pages/model.py", title="6 · Model", icon=":material/model_training:"),
+            st.Page("views/home.py", title="Home", icon=":material/home:", default=True),
+            st.Page("views/upload.py", title="1 · Project & upload", icon=":material/upload:"),
+            st.Page("views/pseudo_label.py", title="2 · Pseudo-label", icon=":material/auto_awesome:"),
+            st.Page("views/review.py", title="3 · Review", icon=":material/fact_check:"),
+            st.Page("views/explore.py", title="4 · Explore", icon=":material/scatter_plot:"),
+            st.Page("views/export.py", title="5 · Export", icon=":material/download:"),
+            st.Page("views/model.py", title="6 · Model", icon=":material/model_training:"),
         ]
     )
+if (
+    configured_password() is not None
+    and not locked()
+    and st.sidebar.button("Log out", icon=":material/logout:", key="log-out")
+):
+    log_out()
+    st.rerun()
 navigation.run()

@@ -203,9 +203,9 @@ def _app_demo_run() -> dict:
         app = AppTest.from_file(app_file, default_timeout=600)
         app.session_state["project"] = "demo"
         app.run()
-        app.switch_page("pages/upload.py").run()
+        app.switch_page("views/upload.py").run()
         next(b for b in app.button if b.label.startswith("Load demo data")).click().run()
-        app.switch_page("pages/pseudo_label.py").run()
+        app.switch_page("views/pseudo_label.py").run()
         seconds = []
         for _ in range(2):
             started = time.perf_counter()

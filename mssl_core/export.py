@@ -1,17 +1,32 @@
 """Exports of a labeling project: CSV, Label Studio import JSON, and a class-folder zip that
-`torchvision.datasets.ImageFolder` reads back."""
+`torchvision.datasets.ImageFolder` reads back.
+
+Exports leave the hospital: images are re-encoded from their pixels (no EXIF, comments, text
+chunks or DICOM headers, where names and dates hide), file names can be replaced by pseudonyms,
+cells a spreadsheet would run as formulas are defused, and no label can become a path."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mssl_core.dicom import DICOM_MAGIC_OFFSET, is_dicom
 from mssl_core.images import decode_image
+
+# A cell starting with one of these is run as a formula by Excel, LibreOffice and Sheets (OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+WINDOWS_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
 
 
 @dataclass(frozen=True)
@@ -25,13 +40,35 @@ class ExportRow:
     path: Path
 
 
+def spreadsheet_safe(cell: str) -> str:
+    """`cell`, with a leading apostrophe if a spreadsheet would otherwise run it as a formula."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
+def path_part(name: str) -> str:
+    """`name` as one safe folder or file name: no separators, control characters, `.`/`..`,
+    trailing dots or spaces, or names Windows reserves (CON, NUL, COM1, ...)."""
+    cleaned = re.sub(r"[\x00-\x1f\x7f/\\:*?\"<>|]", "_", name).strip().rstrip(". ")
+    if not cleaned or set(cleaned) == {"."}:
+        return "unnamed"
+    if cleaned.split(".")[0].lower() in WINDOWS_RESERVED:
+        return "_" + cleaned
+    return cleaned
+
+
+def pseudonymised(rows: list[ExportRow]) -> list[ExportRow]:
+    """The same rows with file names `image-000001.png`, ...: original names often identify a
+    patient. The order of `rows` numbers them; the mapping stays in the project."""
+    return [replace(row, file=f"image-{n:06d}{Path(row.file).suffix.lower()}") for n, row in enumerate(rows, 1)]
+
+
 def to_csv(rows: list[ExportRow]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["file", "label", "confidence", "status"])
     for row in rows:
         confidence = "" if row.confidence is None else f"{row.confidence:.4f}"
-        writer.writerow([row.file, row.label, confidence, row.status])
+        writer.writerow([spreadsheet_safe(row.file), spreadsheet_safe(row.label), confidence, row.status])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -58,28 +95,27 @@ def to_label_studio(rows: list[ExportRow], from_name: str = "label", to_name: st
 
 def to_class_folders_zip(rows: list[ExportRow]) -> bytes:
     """`<label>/<file>` for every row; clashing names within a class get a numeric suffix.
-    DICOM files are written as PNGs of their pixels: ImageFolder reads those, and their
-    headers (patient identifiers) stay out of the export."""
+    Every image is re-encoded from its decoded pixels, without metadata: JPEGs as JPEG
+    (quality 95), everything else (DICOM, TIFF, ...) as PNG, which ImageFolder reads."""
     buffer = io.BytesIO()
     used: set[str] = set()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for row in rows:
-            label = row.label.replace("/", "_").strip() or "unnamed"
-            dicom = _is_dicom_file(row.path)
-            stem, suffix = Path(row.file).stem, ".png" if dicom else Path(row.file).suffix or row.path.suffix
+            jpeg = Path(row.file).suffix.lower() in (".jpg", ".jpeg")
+            stem, suffix = path_part(Path(row.file).stem), ".jpg" if jpeg else ".png"
+            label = path_part(row.label)
             member, n = f"{label}/{stem}{suffix}", 1
             while member in used:
                 member, n = f"{label}/{stem}-{n}{suffix}", n + 1
             used.add(member)
-            if dicom:
-                png = io.BytesIO()
-                decode_image(row.path).save(png, format="PNG")
-                archive.writestr(member, png.getvalue())
-            else:
-                archive.write(row.path, member)
+            archive.writestr(member, _without_metadata(row.path, jpeg))
     return buffer.getvalue()
 
 
-def _is_dicom_file(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return is_dicom(handle.read(DICOM_MAGIC_OFFSET + 4))
+def _without_metadata(path: Path, jpeg: bool) -> bytes:
+    """The image's pixels alone, encoded afresh."""
+    image = decode_image(path)
+    image.info.clear()  # Pillow writes back a JPEG comment, EXIF or ICC profile it finds there
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
+    return encoded.getvalue()

@@ -11,6 +11,23 @@ from mssl_core.images import ImageError, UploadedFile, decode_image, list_files
 from mssl_core.store import LabelingProject
 
 DEMO_DIR = REPO_ROOT / "assets" / "demo"
+MAX_CLASS_NAME = 100
+RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def class_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a class (it becomes a folder name in exports), or None if it can."""
+    if len(name) > MAX_CLASS_NAME:
+        return f"is longer than {MAX_CLASS_NAME} characters"
+    if any(c in name for c in "/\\"):
+        return "contains a path separator (/ or \\)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    if name.strip(". ") == "":
+        return "is only dots or spaces"
+    if name.split(".")[0].strip().lower() in RESERVED_NAMES:
+        return "is a name Windows reserves for devices (CON, NUL, COM1, ...)"
+    return None
 
 
 @dataclass
@@ -45,6 +62,9 @@ def ingest(
             label = (csv_labels or {}).get(file.name) or file.label or (default_label or None)
             if not label:
                 report.problems.append((file.name, "no class given (folder, CSV or typed name)"))
+                continue
+            if problem := class_name_problem(label):
+                report.problems.append((file.name, f"class name {label!r} {problem}"))
                 continue
         elif sha in labeled:  # one image, counted once: it is already a labeled example
             report.duplicates.append(

@@ -55,11 +55,18 @@ def data_dir() -> Path:
     return Path(os.environ.get("MSSL_DATA_DIR", REPO_ROOT / "data"))
 
 
+MAX_PROJECT_NAME = 60
+
+
 def slugify(name: str) -> str:
     """A folder-safe name for a project: letters, digits, '-' and '_' only."""
+    if len(name) > MAX_PROJECT_NAME:
+        raise ValueError(
+            f"a project name can have at most {MAX_PROJECT_NAME} characters; this one has {len(name)}"
+        )
     slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name.strip()).strip("-").lower()
     if not slug:
-        raise ValueError(f"project name {name!r} has no letters or digits")
+        raise ValueError(f"project name {name!r} has no letters or digits (a-z, 0-9)")
     return slug
 
 
@@ -226,6 +233,18 @@ def open_project(name: str, create: bool = True) -> LabelingProject:
     folder = project_folder(name)
     if not create and not (folder / "project.sqlite").exists():
         raise FileNotFoundError(f"no project named {name!r} in {data_dir()}")
+    return LabelingProject(folder)
+
+
+def create_project(name: str) -> LabelingProject:
+    """A new, empty project; refused if its folder exists already (names differing only in
+    case or punctuation share one)."""
+    folder = project_folder(name)
+    if (folder / "project.sqlite").exists():
+        raise ValueError(
+            f"a project '{folder.name}' already exists (names that differ only in case or punctuation "
+            "are the same project): open it from the list, or choose another name"
+        )
     return LabelingProject(folder)
 
 

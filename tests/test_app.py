@@ -15,7 +15,7 @@ def test_home_page_renders():
 def test_model_page_renders():
     app = AppTest.from_file(APP, default_timeout=60)
     app.run()
-    app.switch_page("pages/model.py").run()
+    app.switch_page("views/model.py").run()
     assert not app.exception
     assert app.title[0].value == "The model"
 
@@ -25,14 +25,14 @@ def test_with_a_password_every_page_asks_for_it_first(monkeypatch):
     app = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.value for t in app.title] == ["MSSL Label Assist"] and len(app.text_input) == 1
     with pytest.raises(ValueError, match=r"Known pages: \[.Log in.\]"):  # no other page exists yet
-        app.switch_page("pages/model.py")
+        app.switch_page("views/model.py")
     app.text_input[0].input("wrong")
     app.button[0].click().run()
     assert "Wrong password." in [e.value for e in app.error]
     app.text_input[0].input("correct horse")
     app.button[0].click().run()
     assert not app.exception and app.title[0].value == "MSSL Label Assist" and not app.text_input
-    app.switch_page("pages/model.py").run()
+    app.switch_page("views/model.py").run()
     assert not app.exception and app.title[0].value == "The model"
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from playwright import sync_api as playwright
@@ -74,6 +76,12 @@ def server(tmp_path):
     _assert_nothing_went_out(tmp_path)
 
 
+def _assert_only_local(requested: list[str], server: str) -> None:
+    """The browser asked nothing of any machine but the app's (fonts, icons, images included)."""
+    outside = [url for url in requested if not url.startswith((f"{server}/", "data:", "blob:"))]
+    assert not outside, outside[:3]
+
+
 def _assert_nothing_went_out(folder: Path) -> None:
     log = folder / "network.log"
     assert not log.exists(), f"the app tried to connect off the machine: {log.read_text()}"
@@ -88,7 +96,7 @@ def _wait_for_images(page) -> None:
 
 def _go(page, title: str) -> None:
     """Open a page from the sidebar navigation."""
-    page.get_by_test_id("stSidebarNavLink").filter(has_text=title).click()
+    page.get_by_test_id("stSidebarNavLink").filter(has_text=re.compile(re.escape(title))).click()
 
 
 def _wait_until_idle(page) -> None:
@@ -117,6 +125,8 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         page.set_default_timeout(120_000)
         expect = playwright.expect
         expect.set_options(timeout=120_000)
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
 
         page.goto(server)
         expect(page.get_by_role("heading", name="MSSL Label Assist")).to_be_visible()
@@ -183,6 +193,7 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
         _go(page, "Model")
         expect(page.get_by_text("Recommended method")).to_be_visible()
         _shot(page, shots / "6-model.png")
+        _assert_only_local(requested, server)
         browser.close()
 
     assert len(rows) == 25 + 2 + accepted
@@ -257,6 +268,8 @@ def test_with_a_password_no_page_opens_without_it(tmp_path):
             expect = playwright.expect
             expect.set_options(timeout=120_000)
             page.goto(f"http://127.0.0.1:{port}/model")  # a deep link is no way around it
+            expect(page.get_by_text("Page not found")).to_be_visible()
+            page.keyboard.press("Escape")
             expect(page.get_by_label("Password", exact=True)).to_be_visible()
             expect(page.get_by_role("heading", name="The model")).to_have_count(0)
             page.get_by_label("Password", exact=True).fill("wrong")
@@ -266,6 +279,27 @@ def test_with_a_password_no_page_opens_without_it(tmp_path):
             page.get_by_role("button", name="Open").click()
             _go(page, "Model")
             expect(page.get_by_role("heading", name="The model")).to_be_visible()
+
+            # logged in, the images a page shows reach no one else: none is served at a URL
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            _go(page, "Project & upload")
+            page.get_by_label("…or create a new one").fill("private")
+            page.get_by_role("button", name="Create project").click()
+            page.get_by_role("button", name="Load demo data").click()
+            expect(page.get_by_text("300 added")).to_be_visible()
+            _wait_for_images(page)
+            sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
+            assert sources and all(s.startswith("data:image/") for s in sources), sources[:3]
+            media = [url for url in requested if urlparse(url).path.startswith("/media/")]
+            assert not media, media[:3]
+            outside = [
+                u for u in requested if not u.startswith((f"http://127.0.0.1:{port}/", "data:", "blob:"))
+            ]
+            assert not outside, outside[:3]
+
+            page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_label("Password", exact=True)).to_be_visible()
             browser.close()
     finally:
         process.terminate()

@@ -4,17 +4,18 @@ import streamlit as st
 
 from mssl_core.images import expand_uploads, read_label_csv
 from mssl_core.ingest import class_counts, ingest, load_demo
-from mssl_core.store import delete_project, list_projects, open_project, slugify
-from pages.common import (
+from mssl_core.store import create_project, delete_project, list_projects, slugify
+from views.common import (
     close_project,
     current_project_name,
     embedding_cache,
     forget_current_project,
+    md,
     require_project,
     require_unlocked,
     saved_or_reported,
     set_current_project,
-    viewable,
+    show_images,
 )
 
 require_unlocked()
@@ -35,7 +36,7 @@ with right:
         new_name = st.text_input("…or create a new one", placeholder="e.g. skin-lesions-pilot")
         if st.form_submit_button("Create project") and new_name:
             try:
-                open_project(new_name).close()
+                create_project(new_name).close()
                 set_current_project(slugify(new_name))
                 st.rerun()
             except ValueError as error:
@@ -44,15 +45,17 @@ with right:
 if not current:
     st.stop()
 project = require_project()
-st.subheader(f"Project: {project.name}")
+st.subheader(f"Project: {md(project.name)}")
 
 
 def show_report(title: str, report) -> None:
     st.write(f"**{title}:** {report.added} added")
     for name in report.duplicates:
-        st.caption(f"Duplicate, counted once: {name}")
+        st.caption(f"Duplicate, counted once: {md(name)}")
     if report.problems:
-        st.error("Not added:\n" + "\n".join(f"- **{name}**: {reason}" for name, reason in report.problems))
+        st.error(
+            "Not added:\n" + "\n".join(f"- **{md(name)}**: {md(reason)}" for name, reason in report.problems)
+        )
 
 
 if st.button("Load demo data", help="Five kinds of clothing: 5 labeled examples each, 300 unlabeled"):
@@ -102,23 +105,23 @@ if counts:
     st.dataframe([{"class": label, "images": n} for label, n in counts.items()], hide_index=False)
     for label in counts:
         examples = [i for i in project.images("labeled") if i.label == label][:8]
-        st.caption(label)
-        st.image([viewable(i.path) for i in examples], width=64)
+        st.caption(md(label))
+        show_images([(i.path, "") for i in examples], 64)
 if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:
-    st.page_link("pages/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")
+    st.page_link("views/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")
 
 with st.expander("Delete this project"):
     st.caption(
         "Removes the project's images, labels, decisions and predictions from this machine, and "
         "the cached embeddings of images no other project uses. This cannot be undone."
     )
-    sure = st.checkbox(f"Yes, delete '{project.name}' and everything in it")
+    sure = st.checkbox(f"Yes, delete '{md(project.name)}' and everything in it")
     if st.button("Delete project", type="secondary", disabled=not sure):
         with saved_or_reported():
             close_project(project)
             delete_project(project.name, embeddings=embedding_cache())
         forget_current_project()
-        st.toast(f"Deleted project {project.name}.")
+        st.toast(f"Deleted project {md(project.name)}.")
         st.rerun()

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from mssl_core.export import to_class_folders_zip, to_csv, to_label_studio
+from mssl_core.export import pseudonymised, to_class_folders_zip, to_csv, to_label_studio
 from mssl_core.pseudo_label import export_rows
-from pages.common import require_project, require_unlocked
+from views.common import require_project, require_unlocked
 
 require_unlocked()
 st.title("Export")
@@ -19,6 +19,13 @@ include = st.radio(
     }.get,
 )
 rows = export_rows(project, include_pseudo_labels=include == "all")
+if st.checkbox(
+    "Replace file names by pseudonyms (image-000001.png, …)",
+    value=True,
+    help="File names often carry a patient's name or record number. Images are always exported "
+    "without their metadata (EXIF, comments, DICOM headers).",
+):
+    rows = pseudonymised(rows)
 statuses = {}
 for row in rows:
     statuses[row.status] = statuses.get(row.status, 0) + 1

@@ -11,7 +11,7 @@ from mssl_core.ingest import demo_accuracy
 from mssl_core.labeling import FEATURE_SOURCES, choose_backbone, default_method
 from mssl_core.methods import METHODS
 from mssl_core.pseudo_label import pseudo_label_project, support_set
-from pages.common import (
+from views.common import (
     embedding_cache,
     load_model_for,
     project_ssl,
@@ -134,7 +134,7 @@ if st.button("Pseudo-label", type="primary"):
     confident = (result.prediction.confidence >= 0.9).sum()
     st.write(f"{confident} of {len(result.images)} images are predicted with ≥ 90% confidence.")
     st.bar_chart(counts, x_label="class", y_label="images")
-    st.page_link("pages/review.py", label="Next: review the pseudo-labels", icon=":material/arrow_forward:")
+    st.page_link("views/review.py", label="Next: review the pseudo-labels", icon=":material/arrow_forward:")
 elif project.predictions():
     st.info(f"This project has {len(project.predictions())} pseudo-labels; run again to refresh them.")
-    st.page_link("pages/review.py", label="Review them", icon=":material/arrow_forward:")
+    st.page_link("views/review.py", label="Review them", icon=":material/arrow_forward:")

@@ -2,21 +2,24 @@
 lasso or box selection shows a group and gives it a class in one go. Confidence histogram and
 counts per class beside it."""
 
+import html
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from mssl_core.projection import project_2d
-from pages.common import (
+from views.common import (
     browser_session,
     current_predictions,
     hover_thumbnails,
+    md,
     require_project,
     require_unlocked,
     saved_or_reported,
+    show_images,
     thumbnails,
-    viewable,
 )
 
 HOVER_THUMBNAILS_UP_TO = 3000  # thumbnails are made once per batch; beyond this, click instead
@@ -52,8 +55,10 @@ frame = pd.DataFrame(
         "marker size": np.clip(prediction.confidence, 0.2, 1) * 12,
     }
 )
+# Plotly renders tags in its labels (<a href> too): user strings go in escaped
+shown = frame.assign(label=frame["label"].map(html.escape), file=frame["file"].map(html.escape))
 figure = px.scatter(
-    frame,
+    shown,
     x="x",
     y="y",
     color="label",
@@ -92,13 +97,9 @@ if selected:
     st.write(f"**{len(selected)} images selected**")
     by_id = {i.id: i for i in result.images}
     width = 160 if len(selected) == 1 else 56  # one clicked point: show it large
-    st.image(
-        [viewable(by_id[i].path) for i in selected[:48]],
-        caption=[by_id[i].name for i in selected[:48]],
-        width=width,
-    )
-    label = st.selectbox("Give them the class", prediction.classes)
-    if st.button(f"Assign '{label}' to {len(selected)} images", type="primary"):
+    show_images([(by_id[i].path, by_id[i].name) for i in selected[:48]], width)
+    label = st.selectbox("Give them the class", prediction.classes, format_func=md)
+    if st.button(f"Assign '{md(label)}' to {len(selected)} images", type="primary"):
         predicted = dict(zip(frame["id"], prediction.labels, strict=True))
         with saved_or_reported():
             for image_id in selected:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import require_unlocked
+from views.common import require_unlocked
 
 require_unlocked()
 st.title("MSSL Label Assist")
@@ -28,4 +28,4 @@ Everything stays on this machine: images, labels and decisions are saved in the 
 database as you go, so you can close the browser and come back.
 """
 )
-st.page_link("pages/upload.py", label="Start: Project & upload", icon=":material/arrow_forward:")
+st.page_link("views/upload.py", label="Start: Project & upload", icon=":material/arrow_forward:")

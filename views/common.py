@@ -4,18 +4,21 @@ current project, whose name is also kept in the URL so a refresh resumes it."""
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import os
+import re
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
-from PIL import Image
 
 from mssl_core.checkpoints import Model
 from mssl_core.embedding_cache import EmbeddingCache
-from mssl_core.images import ImageError, decode_image, thumbnail_data_uri
+from mssl_core.images import ImageError, thumbnail_data_uri
 from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
 from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
@@ -33,14 +36,65 @@ def configured_password() -> str | None:
         return None
 
 
+IDLE_MINUTES = float(os.environ.get("MSSL_IDLE_MINUTES", "30"))  # then the password is asked again
+FREE_ATTEMPTS = 5  # wrong passwords before each further one waits
+LOCKOUT_SECONDS = 60  # the wait after FREE_ATTEMPTS, doubling with each further failure, at most an hour
+
+
+class LoginThrottle:
+    """Wrong passwords for the whole server (a guesser opens new sessions at will): after
+    FREE_ATTEMPTS in a row, no attempt is even checked until a lock-out has passed."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failures = 0
+        self.locked_until = 0.0
+
+    def seconds_left(self) -> float:
+        with self.lock:
+            return max(0.0, self.locked_until - time.monotonic())
+
+    def failed(self) -> None:
+        with self.lock:
+            self.failures += 1
+            if self.failures >= FREE_ATTEMPTS:
+                wait = min(LOCKOUT_SECONDS * 2 ** (self.failures - FREE_ATTEMPTS), 3600)
+                self.locked_until = time.monotonic() + wait
+
+    def succeeded(self) -> None:
+        with self.lock:
+            self.failures, self.locked_until = 0, 0.0
+
+
+@st.cache_resource
+def login_throttle() -> LoginThrottle:
+    return LoginThrottle()
+
+
 def locked() -> bool:
-    """A password is configured and this session has not given it yet."""
-    return configured_password() is not None and not st.session_state.get("authenticated")
+    """A password is configured and this session has not given it, or has been idle for longer
+    than IDLE_MINUTES (then it is logged out)."""
+    if configured_password() is None:
+        return False
+    last_seen = st.session_state.get("last_seen", 0.0)
+    if st.session_state.get("authenticated") and time.monotonic() - last_seen > IDLE_MINUTES * 60:
+        log_out()
+    if st.session_state.get("authenticated"):
+        st.session_state["last_seen"] = time.monotonic()
+        return False
+    return True
+
+
+def log_out() -> None:
+    """Forget this session's log-in and the project it had open."""
+    for key in ("authenticated", "last_seen", "project"):
+        st.session_state.pop(key, None)
+    st.query_params.pop("project", None)
 
 
 def require_unlocked() -> None:
     """Every page's first line. app.py already shows only the log-in page while locked; this
-    also holds when Streamlit runs a page file directly (its pages/ folder convention)."""
+    holds should a page file ever be run on its own."""
     if locked():
         password_prompt()
         st.stop()
@@ -52,10 +106,18 @@ def password_prompt() -> None:
     with st.form("login"):
         given = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Open")
-    if submitted and hmac.compare_digest(given.encode(), configured_password().encode()):
+    if not submitted:
+        return
+    throttle = login_throttle()
+    if wait := throttle.seconds_left():
+        st.error(f"Too many wrong passwords: try again in {wait:.0f} s.")
+    elif hmac.compare_digest(given.encode(), configured_password().encode()):
+        throttle.succeeded()
         st.session_state["authenticated"] = True
+        st.session_state["last_seen"] = time.monotonic()
         st.rerun()
-    if submitted:
+    else:
+        throttle.failed()
         st.error("Wrong password.")
 
 
@@ -91,18 +153,37 @@ def project_model(project: LabelingProject) -> Model:
     return load_model_for(method, backbone)
 
 
-BROWSER_FORMATS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$])")
 
 
-def viewable(path: Path) -> str | Image.Image:
-    """What `st.image` can show: the file itself where browsers read the format, else the
-    decoded pixels (DICOM, TIFF, ...), so that no header (patient data) reaches the browser."""
-    if path.suffix.lower() in BROWSER_FORMATS:
-        return str(path)
-    try:
-        return decode_image(path)
-    except ImageError:
-        return Image.new("L", (8, 8), 128)
+def md(text: str) -> str:
+    """`text` (a class, file or project name: anyone's input) shown as itself in markdown: no
+    link, image (a request off the machine), formatting or icon can come out of it."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def show_images(images: list[tuple[Path, str]], width: int, target=None) -> None:
+    """Images with captions, inline in the page (`data:` URIs re-encoded from the pixels), so
+    that no image is served at a URL a client without this session could fetch, and no
+    metadata (EXIF, DICOM headers) reaches the browser."""
+    tiles = []
+    for path, caption in images:
+        try:
+            source = _inline_image(str(path), width)
+        except ImageError:
+            continue
+        tiles.append(
+            f'<figure style="margin:0 8px 8px 0;display:inline-block;width:{width}px">'
+            f'<img src="{source}" alt="{html.escape(caption)}" style="width:{width}px;height:{width}px;'
+            f'object-fit:contain"><figcaption style="font-size:12px;overflow-wrap:anywhere">'
+            f"{html.escape(caption)}</figcaption></figure>"
+        )
+    (target or st).html("".join(tiles))
+
+
+@st.cache_data(max_entries=5000, show_spinner=False)
+def _inline_image(path: str, side: int) -> str:
+    return thumbnail_data_uri(Path(path), side)
 
 
 def project_ssl(project: LabelingProject) -> SSLOptions:
@@ -155,9 +236,12 @@ def require_project() -> LabelingProject:
         try:
             return _open(str(data_dir()), name)
         except FileNotFoundError:
-            st.warning(f"Project '{name}' no longer exists.")
+            st.warning(f"Project '{md(name)}' no longer exists.")
+        except ValueError as error:  # a name from the URL that no project can have
+            st.warning(md(str(error)))
+            forget_current_project()
     st.info("Choose or create a project first.")
-    st.page_link("pages/upload.py", label="Go to Project & upload", icon=":material/upload:")
+    st.page_link("views/upload.py", label="Go to Project & upload", icon=":material/upload:")
     st.stop()
 
 
@@ -166,7 +250,7 @@ def current_predictions(project: LabelingProject) -> ProjectPrediction:
     to the Pseudo-label page if the batch has never been pseudo-labeled."""
     if not project.predictions():
         st.info("Pseudo-label the batch first.")
-        st.page_link("pages/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
+        st.page_link("views/pseudo_label.py", label="Pseudo-label", icon=":material/arrow_back:")
         st.stop()
     with saved_or_reported():
         return pseudo_label_project(

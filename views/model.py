@@ -9,7 +9,7 @@ from mssl_core.checkpoints import available_models
 from mssl_core.crossdomain import load_results, plain_summary
 from mssl_core.labeling import default_method, load_card
 from mssl_core.methods import METHODS
-from pages.common import require_unlocked
+from views.common import require_unlocked
 
 require_unlocked()
 st.title("The model")

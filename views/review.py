@@ -5,13 +5,14 @@ says so, and the rest of the batch re-adapts to it at once."""
 import streamlit as st
 
 from mssl_core.review import review_order, threshold_summary
-from pages.common import (
+from views.common import (
     browser_session,
     current_predictions,
+    md,
     require_project,
     require_unlocked,
     saved_or_reported,
-    viewable,
+    show_images,
 )
 
 PAGE_SIZE = 12
@@ -69,7 +70,7 @@ def decide(image, action: str, label: str | None = None) -> None:
     """Commit the decision, then confirm it and re-adapt the batch."""
     with saved_or_reported():
         project.decide(image.id, action, label, session=f"review {browser_session()}")
-    st.toast(f"Saved: {image.name} → {label or action}")
+    st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
     st.rerun()
 
 
@@ -81,7 +82,7 @@ if trail and st.button(f"Undo last decision ({trail[-1]['image']}: {trail[-1]['a
 
 if not queue:
     st.success("Every image has been reviewed.")
-    st.page_link("pages/export.py", label="Export the labels", icon=":material/arrow_forward:")
+    st.page_link("views/export.py", label="Export the labels", icon=":material/arrow_forward:")
     st.stop()
 
 # The image that most needs a person, with keyboard shortcuts: A accept, 1-9 class, S skip.
@@ -89,15 +90,15 @@ focus = result.images[queue[0]]
 focus_label, focus_confidence = prediction.labels[queue[0]], prediction.confidence[queue[0]]
 with st.container(border=True):
     picture, actions = st.columns([1, 3])
-    picture.image(viewable(focus.path), width=180)
+    show_images([(focus.path, "")], 180, picture)
     with actions:
-        st.write(f"**Next: {focus.name}** — model says **{focus_label}** ({focus_confidence:.0%})")
+        st.write(f"**Next: {md(focus.name)}** — model says **{md(focus_label)}** ({focus_confidence:.0%})")
         st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
-        if st.button(f"Accept '{focus_label}'", type="primary", shortcut="A", key="focus-accept"):
+        if st.button(f"Accept '{md(focus_label)}'", type="primary", shortcut="A", key="focus-accept"):
             decide(focus, "accept", focus_label)
         class_buttons = st.columns(min(len(prediction.classes), 9))
         for number, (column, name) in enumerate(zip(class_buttons, prediction.classes, strict=False), 1):
-            if column.button(f"{number} · {name}", shortcut=str(number), key=f"focus-class-{name}"):
+            if column.button(f"{number} · {md(name)}", shortcut=str(number), key=f"focus-class-{name}"):
                 decide(focus, "accept" if name == focus_label else "correct", name)
         if st.button("Skip", shortcut="S", key="focus-skip"):
             decide(focus, "skip")
@@ -108,9 +109,8 @@ for slot, index in enumerate(queue[1:]):
     image = result.images[index]
     label, confidence = prediction.labels[index], prediction.confidence[index]
     with columns[slot % 4].container(border=True):
-        st.image(viewable(image.path), width=112)
-        st.caption(f"{image.name}")
-        st.write(f"**{label}** · {confidence:.0%}")
+        show_images([(image.path, image.name)], 112)
+        st.write(f"**{md(label)}** · {confidence:.0%}")
         chosen = st.selectbox(
             "Class",
             prediction.classes,

@@ -1,0 +1,280 @@
+"""Safe on a hospital network (issue 15): what an export carries, what a name can do, and what
+the log-in holds back. Each test fails on the code before the fix."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from mssl_core import store
+from mssl_core.export import ExportRow, pseudonymised, to_class_folders_zip, to_csv
+from mssl_core.images import UploadedFile
+from mssl_core.ingest import class_name_problem, ingest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+
+
+@pytest.fixture
+def project():
+    return store.open_project("security", create=True)
+
+
+def _jpeg_with_metadata() -> bytes:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x010E] = "DOE^JANE 1961-04-02"  # ImageDescription
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), comment=b"MRN 0042-DOE^JANE")
+    return buffer.getvalue()
+
+
+def _png_with_text() -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Patient", "DOE^JANE")
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 90).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_exported_images_carry_no_metadata_and_names_can_be_pseudonyms(project):
+    from mssl_core.pseudo_label import export_rows
+
+    files = [
+        UploadedFile("DOE_JANE_chest.jpg", _jpeg_with_metadata(), "lung"),
+        UploadedFile("scan.png", _png_with_text(), "lung"),
+    ]
+    ingest(project, files, "labeled")
+    for content in (f.content for f in files):
+        assert b"DOE^JANE" in content  # the uploads really carry it
+    rows = pseudonymised(export_rows(project, include_pseudo_labels=False))
+    archive = zipfile.ZipFile(io.BytesIO(to_class_folders_zip(rows)))
+    assert sorted(archive.namelist()) == ["lung/image-000001.jpg", "lung/image-000002.png"]
+    for member in archive.namelist():
+        data = archive.read(member)
+        assert b"DOE" not in data and b"Exif" not in data
+        Image.open(io.BytesIO(data)).load()  # still an image
+    exported = to_csv(rows).decode()
+    assert "DOE" not in exported and "image-000001.jpg" in exported
+
+
+def test_spreadsheet_formulas_in_names_are_defused_in_the_csv():
+    rows = [
+        ExportRow(name, label, 0.9, "accepted", Path("x.png"))
+        for name, label in [
+            ('=HYPERLINK("http://203.0.113.7")', "@SUM(1+1)"),
+            ("+1.png", "-2"),
+            ("a.png", "ok"),
+        ]
+    ]
+    cells = list(csv.reader(io.StringIO(to_csv(rows).decode())))[1:]
+    assert [c[:2] for c in cells] == [
+        ['\'=HYPERLINK("http://203.0.113.7")', "'@SUM(1+1)"],
+        ["'+1.png", "'-2"],
+        ["a.png", "ok"],
+    ]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "CON", "nul.txt", "tab\there", "x" * 101, " "])
+def test_class_names_that_could_become_paths_are_refused_at_upload(project, name):
+    assert class_name_problem(name)
+    report = ingest(project, [UploadedFile("a.png", _png_with_text(), name)], "labeled")
+    assert report.added == 0 and "class name" in report.problems[0][1]
+
+
+def test_the_zip_never_has_a_member_outside_its_class_folder(tmp_path):
+    image = tmp_path / "b.png"
+    image.write_bytes(_png_with_text())
+    rows = [
+        ExportRow(file, label, None, "labeled", image)
+        for file, label in [("b.png", ".."), ("..\\..\\c.png", "x\\y")]
+    ]
+    names = zipfile.ZipFile(io.BytesIO(to_class_folders_zip(rows))).namelist()
+    assert all(len(Path(n).parts) == 2 and ".." not in Path(n).parts and "\\" not in n for n in names), names
+
+
+def test_markdown_in_names_is_shown_as_text():
+    from views.common import md
+
+    for hostile in ["![x](http://203.0.113.7/b.png)", "[Session expired](http://203.0.113.7)", ":red[x] **b**"]:
+        escaped = md(hostile)
+        # every character that opens a link, image, formatting or icon is escaped
+        assert all(escaped[i - 1] == "\\" for i, c in enumerate(escaped) if c in "[]()!*:" and i > 0), escaped
+
+
+def _log_in(app: AppTest, password: str) -> AppTest:
+    app.text_input[0].input(password)
+    return app.button[0].click().run()
+
+
+def test_wrong_passwords_lock_the_log_in_for_everyone_for_a_while(monkeypatch):
+    from views import common
+
+    monkeypatch.setenv("MSSL_PASSWORD", "correct horse")
+    throttle = common.LoginThrottle()
+    monkeypatch.setattr(common, "login_throttle", lambda: throttle)
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    for _ in range(common.FREE_ATTEMPTS):
+        assert "Wrong password." in [e.value for e in _log_in(app, "guess").error]
+    # a new session (a guesser's new tab) with the right password still waits
+    other = _log_in(AppTest.from_file(APP, default_timeout=60).run(), "correct horse")
+    assert any("Too many wrong passwords" in e.value for e in other.error) and other.text_input
+    throttle.locked_until = 0.0  # the lock-out has passed
+    other = _log_in(other, "correct horse")
+    assert not other.text_input and not other.exception
+
+
+def test_a_session_idle_too_long_is_logged_out(monkeypatch):
+    from views import common
+
+    monkeypatch.setenv("MSSL_PASSWORD", "correct horse")
+    app = _log_in(AppTest.from_file(APP, default_timeout=60).run(), "correct horse")
+    assert not app.text_input
+    app.session_state["last_seen"] -= common.IDLE_MINUTES * 60 + 1
+    app.run()
+    assert app.text_input and app.text_input[0].label == "Password"
+
+
+def test_a_network_address_without_a_password_is_refused():
+    app = AppTest.from_file(APP, default_timeout=60)
+    from streamlit import config
+
+    previous = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    try:
+        app.run()
+    finally:
+        config.set_option("server.address", previous)
+    assert any("has no password" in e.value for e in app.error) and not app.title
+
+
+def test_pages_show_images_inline_never_at_a_media_url(project):
+    """Streamlit serves `st.image` at /media/... to any client, logged in or not."""
+    from mssl_core.ingest import load_demo
+
+    load_demo(project)
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["project"] = project.name
+    app.run()
+    app.switch_page("views/upload.py").run()
+    assert not app.exception
+    assert not app.get("imgs")
+    inline = [h for h in app.get("html") if "data:image/png;base64," in h.proto.body]
+    assert inline and "/media/" not in "".join(h.proto.body for h in app.get("html"))
+
+
+def _dataset(pixels: np.ndarray, frames: int = 1):
+    """A small uncompressed DICOM dataset (pydicom), `frames` copies of `pixels` offset by 100 each."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit, ds.PixelRepresentation = 15, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.concatenate([pixels + 100 * f for f in range(frames)]).astype(np.uint16).tobytes()
+    return ds
+
+
+def _saved(ds) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_small_deflated_dicom_that_would_inflate_hugely_is_refused_before_inflating():
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from mssl_core.images import ImageError, decode_image
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    head.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    # one private OB element of 256 MB of zeros, compressed as it is generated
+    size = 256 * 2**20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = [compressor.compress(b"\x09\x00\x10\x10OB\x00\x00" + size.to_bytes(4, "little"))]
+    zeros = bytes(2**20)
+    body += [compressor.compress(zeros) for _ in range(size // len(zeros))] + [compressor.flush()]
+    bomb = head.getvalue() + b"".join(body)
+    assert len(bomb) < 400_000
+    with pytest.raises(ImageError, match="expands beyond"):
+        decode_image(bomb)
+
+
+def test_a_multi_frame_dicom_decodes_its_first_frame_only(monkeypatch):
+    import pydicom.pixels
+
+    from mssl_core.images import decode_image
+
+    asked = []
+    original = pydicom.pixels.pixel_array
+    monkeypatch.setattr(
+        pydicom.pixels, "pixel_array", lambda *a, **k: asked.append(k.get("index")) or original(*a, **k)
+    )
+    image = decode_image(_saved(_dataset(np.tile(np.arange(16), (16, 1)) * 10, frames=5)))
+    assert asked == [0] and image.size == (16, 16)
+
+
+def test_a_broken_lookup_table_is_a_named_problem_and_the_rest_of_the_upload_goes_on(project):
+    from pydicom.dataset import Dataset
+
+    broken = _dataset(np.eye(16) * 500)
+    broken.ModalityLUTSequence = [Dataset()]  # an empty item: pydicom raises AttributeError
+    files = [UploadedFile("lut.dcm", _saved(broken), "ct"), UploadedFile("fine.png", _png_with_text(), "ct")]
+    report = ingest(project, files, "labeled")
+    assert report.added == 1
+    assert report.problems[0][0] == "lut.dcm" and "DICOM" in report.problems[0][1]
+
+
+@pytest.mark.parametrize("name", ["🩻", "x" * 300])
+def test_a_project_name_no_project_can_have_is_a_message_not_a_traceback(name):
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.query_params["project"] = name
+    app.run()
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    assert any("project name" in w.value for w in app.warning)
+
+
+def test_creating_a_project_whose_folder_exists_is_refused():
+    store.create_project("Skin lesions").close()
+    with pytest.raises(ValueError, match="already exists"):
+        store.create_project("skin-lesions")
+
+
+def test_a_dicom_named_png_is_shown_from_its_pixels_and_the_page_keeps_working(project):
+    ingest(project, [UploadedFile("scan.png", _saved(_dataset(np.eye(16) * 500)), "ct")], "labeled")
+    ingest(project, [UploadedFile("b.png", _png_with_text(), "other")], "labeled")
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["project"] = project.name
+    app.run()
+    app.switch_page("views/upload.py").run()
+    assert not app.exception
+    assert sum(h.proto.body.count("data:image/png;base64,") for h in app.get("html")) == 2
+    assert any(b.label == "Delete project" for b in app.button)
