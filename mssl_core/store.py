@@ -70,6 +70,13 @@ def slugify(name: str) -> str:
     return slug
 
 
+ANY_STATE = object()  # `decide` without a check of what the reviewer was shown
+
+
+class DecisionConflict(ValueError):
+    """Another session decided the image after this one was shown it; nothing was written."""
+
+
 class StorageError(RuntimeError):
     """Something could not be saved (disk full, read-only folder); the message is for the user.
     The write was all-or-nothing: the last saved state is intact."""
@@ -193,16 +200,53 @@ class LabelingProject:
         rows = self.db.execute("SELECT image_id, label, confidence FROM predictions").fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    def decide(self, image_id: int, action: str, label: str | None = None, session: str = "") -> None:
-        """Record a reviewer's decision (committed, durable) in the audit trail."""
+    def decide(
+        self,
+        image_id: int,
+        action: str,
+        label: str | None = None,
+        session: str = "",
+        shown: tuple[str, str | None] | None | object = ANY_STATE,
+    ) -> None:
+        """Record a reviewer's decision (committed, durable) in the audit trail. `shown`: the
+        image's decision (None: undecided) when the reviewer saw it; if another session has
+        changed it since, DecisionConflict is raised and nothing is written."""
         self.image(image_id)
         if action in ("accept", "correct") and not label:
             raise ValueError(f"a {action} decision needs a label")
         with self._saving(f"the decision on image {image_id}") as db:
+            db.execute("BEGIN IMMEDIATE")  # no other session writes between the check and the insert
+            if shown is not ANY_STATE and self.decision_of(image_id) != shown:
+                raise DecisionConflict(
+                    f"{self.image(image_id).name} was decided in another session since it was shown "
+                    "here; nothing was changed. Look at it again."
+                )
             db.execute(
                 "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
                 (image_id, action, label, session, time.time()),
             )
+
+    def decision_of(self, image_id: int) -> tuple[str, str | None] | None:
+        """The image's current decision (None: undecided, or its last decision was undone)."""
+        row = self.db.execute(
+            "SELECT action, label FROM decisions WHERE image_id = ? ORDER BY id DESC LIMIT 1", (image_id,)
+        ).fetchone()
+        return None if row is None or row[0] == "undo" else (row[0], row[1])
+
+    def undoable(self, session: str) -> dict | None:
+        """The latest decision `session` made that is still its image's current one (an undo is
+        never undone, and a decision someone else has changed since is not this session's)."""
+        row = self.db.execute(
+            "SELECT d.id, d.image_id, i.name, d.action, d.label "
+            "FROM decisions d JOIN images i ON i.id = d.image_id "
+            "WHERE d.session = ? AND d.action != 'undo' AND NOT EXISTS "
+            "(SELECT 1 FROM decisions later WHERE later.image_id = d.image_id AND later.id > d.id) "
+            "ORDER BY d.id DESC LIMIT 1",
+            (session,),
+        ).fetchone()
+        return (
+            None if row is None else dict(zip(("id", "image_id", "image", "action", "label"), row, strict=True))
+        )
 
     def current_decisions(self) -> dict[int, tuple[str, str | None]]:
         """The latest decision per image (undo removes an image's decision)."""

@@ -278,3 +278,52 @@ def test_a_dicom_named_png_is_shown_from_its_pixels_and_the_page_keeps_working(p
     assert not app.exception
     assert sum(h.proto.body.count("data:image/png;base64,") for h in app.get("html")) == 2
     assert any(b.label == "Delete project" for b in app.button)
+
+
+def test_undo_is_per_session_and_never_undoes_an_undo_or_someone_elses_change(project):
+    images = []
+    for value in (10, 20, 30):
+        content = io.BytesIO()
+        Image.new("L", (8, 8), value).save(content, format="PNG")
+        images.append(project.add_image(content.getvalue(), f"{value}.png", "unlabeled")[0].id)
+    tab_a, tab_b = (
+        store.open_project(project.name, create=False),
+        store.open_project(project.name, create=False),
+    )
+    tab_a.decide(images[0], "accept", "x", session="a")
+    tab_b.decide(images[1], "accept", "y", session="b")
+    assert tab_a.undoable("a")["image_id"] == images[0]  # not tab B's later decision
+    tab_a.decide(images[0], "undo", session="a")
+    assert tab_a.undoable("a") is None  # the undo itself is not undone
+    tab_a.decide(images[2], "accept", "x", session="a")
+    tab_b.decide(images[2], "correct", "z", session="b")
+    assert tab_a.undoable("a") is None  # changed by tab B since: not A's to undo
+    assert tab_b.undoable("b")["image_id"] == images[2]
+
+
+def test_a_decision_on_an_image_changed_since_it_was_shown_is_refused(project):
+    content = io.BytesIO()
+    Image.new("L", (8, 8), 50).save(content, format="PNG")
+    image_id = project.add_image(content.getvalue(), "a.png", "unlabeled")[0].id
+    tab_a, tab_b = (
+        store.open_project(project.name, create=False),
+        store.open_project(project.name, create=False),
+    )
+    tab_b.decide(image_id, "correct", "b", session="b", shown=None)
+    with pytest.raises(store.DecisionConflict, match="another session"):
+        tab_a.decide(image_id, "accept", "a", session="a", shown=None)  # A saw it undecided
+    assert tab_a.decision_of(image_id) == ("correct", "b")
+    tab_a.decide(image_id, "accept", "a", session="a", shown=("correct", "b"))
+    assert tab_b.decision_of(image_id) == ("accept", "a")
+
+
+def test_each_browser_session_has_its_own_database_connection(project):
+    sessions = []
+    for _ in range(2):
+        app = AppTest.from_file(APP, default_timeout=60)
+        app.session_state["project"] = project.name
+        app.run()
+        app.switch_page("views/upload.py").run()
+        assert not app.exception
+        sessions.append(app.session_state["connection"][1])
+    assert sessions[0] is not sessions[1] and sessions[0].db is not sessions[1].db

@@ -90,6 +90,8 @@ def log_out() -> None:
     for key in ("authenticated", "last_seen", "project"):
         st.session_state.pop(key, None)
     st.query_params.pop("project", None)
+    if held := st.session_state.pop("connection", None):
+        held[1].close()
 
 
 def require_unlocked() -> None:
@@ -218,15 +220,21 @@ def forget_current_project() -> None:
 
 
 def close_project(project: LabelingProject) -> None:
-    """Close this process's connection to a project (before deleting it)."""
+    """Close this session's connection to a project (before deleting it)."""
     project.close()
-    _open.clear()
+    st.session_state.pop("connection", None)
 
 
-@st.cache_resource
-def _open(folder: str, name: str) -> LabelingProject:
-    """One connection per project per process; keyed by the data folder too."""
-    return open_project(name, create=False)
+def session_project(name: str) -> LabelingProject:
+    """This browser session's own connection to the project. Never one shared by sessions: a
+    transaction one of them rolls back must not take another's committed decision with it."""
+    key = (str(data_dir()), name)
+    held = st.session_state.get("connection")
+    if held is None or held[0] != key:
+        if held is not None:
+            held[1].close()
+        st.session_state["connection"] = (key, open_project(name, create=False))
+    return st.session_state["connection"][1]
 
 
 def require_project() -> LabelingProject:
@@ -234,7 +242,7 @@ def require_project() -> LabelingProject:
     name = current_project_name()
     if name:
         try:
-            return _open(str(data_dir()), name)
+            return session_project(name)
         except FileNotFoundError:
             st.warning(f"Project '{md(name)}' no longer exists.")
         except ValueError as error:  # a name from the URL that no project can have

@@ -5,6 +5,7 @@ says so, and the rest of the batch re-adapts to it at once."""
 import streamlit as st
 
 from mssl_core.review import review_order, threshold_summary
+from mssl_core.store import DecisionConflict
 from views.common import (
     browser_session,
     current_predictions,
@@ -20,6 +21,7 @@ PAGE_SIZE = 12
 require_unlocked()
 st.title("Review")
 project = require_project()
+SESSION = f"review {browser_session()}"  # recorded with each decision; undo stays within it
 result = current_predictions(project)
 prediction, decisions = result.prediction, result.decisions
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
@@ -48,12 +50,7 @@ with st.container(border=True):
         with saved_or_reported():
             for index in pending:
                 if prediction.confidence[index] >= threshold:
-                    project.decide(
-                        result.images[index].id,
-                        "accept",
-                        prediction.labels[index],
-                        session=f"review {browser_session()}",
-                    )
+                    project.decide(result.images[index].id, "accept", prediction.labels[index], session=SESSION)
         st.toast(f"Saved {count} accepted labels.")
         st.rerun()
 
@@ -67,17 +64,23 @@ queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 
 
 def decide(image, action: str, label: str | None = None) -> None:
-    """Commit the decision, then confirm it and re-adapt the batch."""
+    """Commit the decision, unless another session decided the image since this page showed
+    it; then confirm it and re-adapt the batch."""
     with saved_or_reported():
-        project.decide(image.id, action, label, session=f"review {browser_session()}")
+        try:
+            project.decide(image.id, action, label, session=SESSION, shown=result.decisions.get(image.id))
+        except DecisionConflict as conflict:
+            st.warning(md(str(conflict)))
+            return
     st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
     st.rerun()
 
 
-trail = project.audit_trail()
-if trail and st.button(f"Undo last decision ({trail[-1]['image']}: {trail[-1]['action']})", shortcut="Z"):
+# Undo is this session's own: another tab's decisions are never undone from here.
+last = project.undoable(SESSION)
+if last and st.button(f"Undo your last decision ({md(last['image'])}: {last['action']})", shortcut="Z"):
     with saved_or_reported():
-        project.decide(trail[-1]["image_id"], "undo", session=f"review {browser_session()}")
+        project.decide(last["image_id"], "undo", session=SESSION)
     st.rerun()
 
 if not queue:
