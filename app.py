@@ -5,12 +5,14 @@ from pathlib import Path
 
 import streamlit as st
 
+from mssl_core.store import keep_files_private
 from views.common import configured_password, locked, log_out, password_prompt
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ICON = Path(__file__).parent / "assets" / "icon.svg"
 
 # An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
+keep_files_private()
 st.set_page_config(page_title="MSSL Label Assist", page_icon=str(ICON), layout="wide")
 
 if st.get_option("server.address") not in LOOPBACK and configured_password() is None:

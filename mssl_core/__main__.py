@@ -151,8 +151,9 @@ def _stderr(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from mssl_core.ssl import SSLOptions
-    from mssl_core.store import data_dir
+    from mssl_core.store import data_dir, keep_files_private
 
+    keep_files_private()
     parser = argparse.ArgumentParser(prog="python -m mssl_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

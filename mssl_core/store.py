@@ -70,6 +70,12 @@ def slugify(name: str) -> str:
     return slug
 
 
+def keep_files_private() -> None:
+    """Files and folders this process creates from now on are its user's alone (0600 / 0700):
+    they hold patient images, labels and the audit trail. Called by the app and the CLI."""
+    os.umask(0o077)
+
+
 ANY_STATE = object()  # `decide` without a check of what the reviewer was shown
 
 

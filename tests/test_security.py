@@ -327,3 +327,26 @@ def test_each_browser_session_has_its_own_database_connection(project):
         assert not app.exception
         sessions.append(app.session_state["connection"][1])
     assert sessions[0] is not sessions[1] and sessions[0].db is not sessions[1].db
+
+
+def test_what_the_app_stores_is_readable_by_its_user_alone():
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        app = AppTest.from_file(APP, default_timeout=60).run()
+        app.switch_page("views/upload.py").run()
+        app.text_input[0].input("private ward")
+        next(b for b in app.button if b.label == "Create project").click().run()
+        assert not app.exception
+        folder = store.project_folder("private ward")
+        ingest(
+            store.open_project("private ward", create=False),
+            [UploadedFile("a.png", _png_with_text(), "x")],
+            "labeled",
+        )
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+    finally:
+        os.umask(previous)
