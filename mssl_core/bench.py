@@ -96,7 +96,7 @@ def _label_run(unlabeled: int, cached: bool, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         cache = EmbeddingCache(cache_dir() / "bench" / f"embeddings-{unlabeled}.sqlite") if cached else None
         started = time.perf_counter()
-        result = label_folders(support, batch, backbone="mobilenetv2", log=lambda _: None, cache=cache)
+        result = label_folders(support, batch, log=lambda _: None, cache=cache)  # the defaults
         before_csv = time.perf_counter()
         write_predictions_csv(result, Path(scratch) / "predictions.csv")
         finished = time.perf_counter()
@@ -116,10 +116,10 @@ def _label_run(unlabeled: int, cached: bool, threads: int) -> dict:
 def _readapt_run(size: int, method: str, repeats: int, threads: int) -> dict:
     """Adapt once to `size` cached embeddings (5-way 5-shot), then time re-adaptations, each
     after one more image was corrected (moved from the batch into the support set)."""
-    from mssl_core.labeling import adapt, model_for
+    from mssl_core.labeling import FEATURE_SOURCES, adapt, model_for
 
     torch.set_num_threads(threads)
-    model = model_for(method, "mobilenetv2")
+    model = model_for(method, FEATURE_SOURCES[0])  # the default features
     generator = torch.Generator().manual_seed(size)
     dim = model.backbone.embedding_dim
     centres = torch.randn(5, dim, generator=generator) * 0.6
