@@ -91,24 +91,31 @@ class TaskCentred:
         self.meta_trained = getattr(method, "meta_trained", True)
 
     def _powered(self, x: Tensor) -> Tensor:
-        return x.clamp_min(0).pow(self.power) if self.power is not None else x
+        if self.power is None:
+            return x
+        # sqrt is several times faster than pow(0.5) on 2 cores (re-adapting 10,000 images)
+        return x.clamp_min(0).sqrt() if self.power == 0.5 else x.clamp_min(0).pow(self.power)
 
     def transform(self, x: Tensor) -> Tensor:
         """Features of `x` centred on the fitted task, normalised and projected."""
+        return self._mapped(self._powered(x.float()))
+
+    def _mapped(self, powered: Tensor) -> Tensor:
         if self.mean is None:
             raise RuntimeError(f"{self.name}: call fit() before predicting")
-        pieces = self._powered(x.float()).sub(self.mean).split(list(self.blocks), dim=1)
+        pieces = powered.sub(self.mean).split(list(self.blocks), dim=1)
         joined = torch.cat([nn.functional.normalize(p, dim=1) for p in pieces], dim=1)
         return self.scale * nn.functional.normalize(joined, dim=1) @ self.projection
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
         task_images = support if unlabeled is None else torch.cat([support, unlabeled])
-        # in double precision, so the same images in another order (after a correction) get
-        # bitwise the same features, and propagation finds its remembered neighbour lists
-        self.mean = self._powered(task_images.double()).mean(0, keepdim=True).float()
+        powered = self._powered(task_images.float())
+        # summed in double precision, so the same images in another order (after a correction)
+        # get bitwise the same features, and propagation finds its remembered neighbour lists
+        self.mean = powered.double().mean(0, keepdim=True).float()
         # one call for all of them: matrix products round a row differently in a batch of
         # another size, and a corrected image must keep its exact features (see above)
-        mapped = self.transform(task_images)
+        mapped = self._mapped(powered)
         mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
         self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self

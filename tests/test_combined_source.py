@@ -109,3 +109,25 @@ def test_semi_supervised_terms_reach_every_member(shots):
     plain = _ensemble().fit(support, labels, batch).predict_proba(batch)
     tuned = _ensemble().with_ssl(SSLOptions(pseudo_label_rounds=1, pseudo_label_threshold=0.5))
     assert not torch.allclose(plain, tuned.fit(support, labels, batch).predict_proba(batch))
+
+
+def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeypatch):
+    """Five members, five graphs over the same batch: all of them are remembered, so moving one
+    image into the labeled set does not recompute any (the costly part at 10,000 images)."""
+    from mssl_core.methods.propagation import LabelPropagation
+
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randn(1200, 40, generator=generator)
+    support, labels = torch.randn(6, 40, generator=generator), torch.arange(3).repeat_interleave(2)
+    members = {f"m{i}": Sliced(make_method("propagation"), slice(8 * i, 8 * i + 8)) for i in range(5)}
+    ensemble = SourceEnsemble(members, {**{n: 1.0 for n in members}, "combined": 1.0})
+    ensemble.fit(support, labels, batch)
+    searched = []
+    original = LabelPropagation._nearest
+    monkeypatch.setattr(
+        LabelPropagation,
+        "_nearest",
+        lambda self, x, *a, **k: searched.append(len(x)) or original(self, x, *a, **k),
+    )
+    ensemble.fit(torch.cat([support, batch[:1]]), torch.cat([labels, torch.tensor([0])]), batch[1:])
+    assert not [n for n in searched if n >= 1000], searched
