@@ -3,6 +3,7 @@ current project, whose name is also kept in the URL so a refresh resumes it."""
 
 from __future__ import annotations
 
+import base64
 import hmac
 import html
 import json
@@ -309,6 +310,41 @@ export default function(component) {
 }
 """
 _hover_component = st.components.v2.component("mssl_hover_thumbnails", js=_HOVER_JS, isolate_styles=False)
+
+
+# Files to download travel inside the page (over the session's own connection) and are saved
+# from a Blob in the browser: st.download_button would serve them at a /media/ URL that any
+# client holding the URL can fetch, logged in or not.
+_DOWNLOAD_JS = """
+export default function({ parentElement, data }) {
+  const button = parentElement.querySelector("button");
+  button.textContent = data.label;
+  button.disabled = data.content === "";
+  button.onclick = () => {
+    const bytes = Uint8Array.from(atob(data.content), (c) => c.charCodeAt(0));
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([bytes], { type: data.mime }));
+    link.download = data.name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  };
+}
+"""
+_DOWNLOAD_CSS = """
+button { font: inherit; padding: 0.25rem 0.75rem; border-radius: 0.5rem; cursor: pointer;
+  border: 1px solid rgba(49, 51, 63, 0.2); background: white; color: rgb(49, 51, 63); min-height: 2.5rem; }
+button:hover { border-color: rgb(255, 75, 75); color: rgb(255, 75, 75); }
+button:disabled { cursor: not-allowed; opacity: 0.5; }
+"""
+_download_component = st.components.v2.component(
+    "mssl_download", html="<button type='button'></button>", css=_DOWNLOAD_CSS, js=_DOWNLOAD_JS
+)
+
+
+def download_button(label: str, content: bytes, file_name: str, mime: str, key: str) -> None:
+    """A button that saves `content` as `file_name`, never served at a URL (see above)."""
+    encoded = base64.b64encode(content).decode("ascii")
+    _download_component(data={"label": label, "content": encoded, "name": file_name, "mime": mime}, key=key)
 
 
 def hover_thumbnails(thumbnails: dict[int, dict[str, str]]) -> None:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from mssl_core.export import pseudonymised, to_class_folders_zip, to_csv, to_label_studio
 from mssl_core.pseudo_label import export_rows
-from views.common import require_project, require_unlocked
+from views.common import download_button, require_project, require_unlocked
 
 require_unlocked()
 st.title("Export")
@@ -33,19 +33,18 @@ st.write(f"**{len(rows)} images**: " + ", ".join(f"{n} {s}" for s, n in statuses
 
 csv_tab, studio_tab, folders_tab = st.tabs(["CSV", "Label Studio", "Class folders (zip)"])
 with csv_tab:
-    st.download_button(
-        "Download CSV", to_csv(rows), f"{project.name}-labels.csv", "text/csv", disabled=not rows
-    )
+    csv_bytes = to_csv(rows) if rows else b""
+    download_button("Download CSV", csv_bytes, f"{project.name}-labels.csv", "text/csv", key="csv")
 with studio_tab:
-    st.download_button(
+    studio = to_label_studio(rows) if rows else b""
+    download_button(
         "Download Label Studio JSON",
-        to_label_studio(rows),
+        studio,
         f"{project.name}-label-studio.json",
         "application/json",
-        disabled=not rows,
+        key="studio",
     )
 with folders_tab:
     if st.button("Build zip", disabled=not rows):
-        st.download_button(
-            "Download zip", to_class_folders_zip(rows), f"{project.name}-images.zip", "application/zip"
-        )
+        zipped = to_class_folders_zip(rows)
+        download_button("Download zip", zipped, f"{project.name}-images.zip", "application/zip", key="zip")

@@ -77,9 +77,13 @@ def server(tmp_path):
 
 
 def _assert_only_local(requested: list[str], server: str) -> None:
-    """The browser asked nothing of any machine but the app's (fonts, icons, images included)."""
+    """The browser asked nothing of any machine but the app's (fonts, icons, images included),
+    and nothing of Streamlit's /media/ URLs, which answer any client, logged in or not: images
+    and downloads travel inside the page."""
     outside = [url for url in requested if not url.startswith((f"{server}/", "data:", "blob:"))]
     assert not outside, outside[:3]
+    media = [url for url in requested if urlparse(url).path.startswith("/media/")]
+    assert not media, media[:3]
 
 
 def _assert_nothing_went_out(folder: Path) -> None:
@@ -173,6 +177,7 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
 
         _go(page, "Export")
         expect(page.get_by_text(f"{25 + 2 + accepted} images")).to_be_visible()
+        expect(page.get_by_role("button", name="Download CSV")).to_be_visible()
         _shot(page, shots / "5-export.png")
         with page.expect_download() as download:
             page.get_by_role("button", name="Download CSV").click()
@@ -291,8 +296,6 @@ def test_with_a_password_no_page_opens_without_it(tmp_path):
             _wait_for_images(page)
             sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
             assert sources and all(s.startswith("data:image/") for s in sources), sources[:3]
-            media = [url for url in requested if urlparse(url).path.startswith("/media/")]
-            assert not media, media[:3]
             outside = [
                 u for u in requested if not u.startswith((f"http://127.0.0.1:{port}/", "data:", "blob:"))
             ]
