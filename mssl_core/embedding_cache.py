@@ -11,10 +11,15 @@ from pathlib import Path
 import numpy as np
 
 
+class CacheError(RuntimeError):
+    """The cache could not be written (disk full, read-only folder); the message is for the user."""
+
+
 class EmbeddingCache:
     """A key-value store: (model, sha256) -> float32 vector."""
 
     def __init__(self, path: Path):
+        self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -36,11 +41,19 @@ class EmbeddingCache:
         return found
 
     def put_many(self, model: str, vectors: dict[str, np.ndarray]) -> None:
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO embeddings VALUES (?,?,?)",
-                [(model, sha, v.astype(np.float32).tobytes()) for sha, v in vectors.items()],
-            )
+        """Store vectors; a full disk or read-only folder is a CacheError saying so (the work
+        goes on without the cache's help: nothing the user decided lives here)."""
+        try:
+            with self.db:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO embeddings VALUES (?,?,?)",
+                    [(model, sha, v.astype(np.float32).tobytes()) for sha, v in vectors.items()],
+                )
+        except (sqlite3.OperationalError, OSError) as error:
+            raise CacheError(
+                f"Could not save embeddings to the cache {self.path}: {error}. Free space or fix the "
+                "folder; nothing you decided was affected."
+            ) from None
 
     def delete_hashes(self, hashes: Sequence[str]) -> None:
         with self.db:

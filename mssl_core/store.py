@@ -76,6 +76,45 @@ def keep_files_private() -> None:
     os.umask(0o077)
 
 
+SCHEMA_VERSION = 1  # PRAGMA user_version of a project database written by this code
+# Each step takes a database from the version before to its own; version 0 is the layout of
+# every project made before versions were recorded (the tables of SCHEMA, no index).
+MIGRATIONS = {
+    1: "CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id, id)",
+}
+
+
+def migrate(db: sqlite3.Connection, folder: Path) -> None:
+    """Bring a project database to SCHEMA_VERSION, one recorded step at a time, each in its own
+    transaction; refuse one written by a newer version of this app."""
+    db.executescript(SCHEMA)  # creates the tables of a new project; a no-op on an existing one
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"the project in {folder} was saved by a newer version of this app (database version "
+            f"{version}, this one reads up to {SCHEMA_VERSION}); update the app to open it"
+        )
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        with db:
+            db.execute(MIGRATIONS[step])
+            db.execute(f"PRAGMA user_version = {step}")
+
+
+def _write_durably(path: Path, content: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 ANY_STATE = object()  # `decide` without a check of what the reviewer was shown
 
 
@@ -118,7 +157,7 @@ class LabelingProject:
         self.db = sqlite3.connect(folder / "project.sqlite", timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        migrate(self.db, folder)
 
     @property
     def name(self) -> str:
@@ -153,8 +192,9 @@ class LabelingProject:
             if not target.exists():
                 partial = target.with_suffix(target.suffix + ".part")
                 try:
-                    partial.write_bytes(content)
+                    _write_durably(partial, content)
                     partial.replace(target)
+                    _sync_folder(self.images_dir)  # the rename itself survives a power cut
                 finally:
                     partial.unlink(missing_ok=True)
             cursor = db.execute(

@@ -350,3 +350,71 @@ def test_what_the_app_stores_is_readable_by_its_user_alone():
         assert all(mode & 0o077 == 0 for mode in modes.values()), modes
     finally:
         os.umask(previous)
+
+
+def _old_layout_project(name: str):
+    """A project database as every release before schema versions wrote it (user_version 0)."""
+    import sqlite3
+
+    folder = store.project_folder(name)
+    (folder / "images").mkdir(parents=True)
+    db = sqlite3.connect(folder / "project.sqlite")
+    db.executescript(store.SCHEMA)
+    db.execute(
+        "INSERT INTO images (sha256, name, role, label, file, added_at) "
+        "VALUES ('s', 'a.png', 'labeled', 'x', 's.png', 0)"
+    )
+    db.execute(
+        "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (1, 'accept', 'x', 'r', 0)"
+    )
+    db.commit()
+    return db
+
+
+def test_a_project_of_the_old_layout_is_migrated_and_keeps_everything():
+    _old_layout_project("old").close()
+    project = store.open_project("old", create=False)
+    assert project.db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    indexes = {r[0] for r in project.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "decisions_by_image" in indexes
+    assert project.current_decisions() == {1: ("accept", "x")} and project.image(1).name == "a.png"
+
+
+def test_a_project_from_a_newer_version_is_refused_with_a_message():
+    db = _old_layout_project("future")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(store.StorageError, match="newer version"):
+        store.open_project("future", create=False)
+
+
+def test_an_image_file_is_on_disk_before_its_row_commits(project, monkeypatch):
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    project.add_image(_png_with_text(), "a.png", "labeled", "x")
+    assert any(p.endswith(".png.part") for p in synced)  # the file, before it is renamed
+    assert str(project.images_dir) in synced  # and the folder holding the new name
+
+
+def test_a_cache_that_cannot_be_written_is_a_message(tmp_path, monkeypatch):
+    import sqlite3
+
+    from mssl_core.embedding_cache import CacheError, EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+
+    class FullDisk:
+        def __enter__(self):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(cache, "db", FullDisk())
+    with pytest.raises(CacheError, match="disk is full.*nothing you decided"):
+        cache.put_many("m", {"h": np.zeros(3)})

@@ -91,10 +91,11 @@ def test_a_read_only_project_is_reported_and_nothing_changes():
 def test_an_image_that_cannot_be_written_leaves_no_partial_file_or_row(monkeypatch):
     project, _ = _project_with_a_decision()
 
-    def no_space(self, data):
+    def no_space(path, data):
+        path.write_bytes(data[:3])  # a partial write, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store.Path, "write_bytes", no_space)
+    monkeypatch.setattr(store, "_write_durably", no_space)
     with pytest.raises(store.StorageError, match="Could not save image b.png: the disk .* is full"):
         project.add_image(b"other bytes", "b.png", "unlabeled")
     assert [i.name for i in project.images()] == ["a.png"]

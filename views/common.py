@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from mssl_core.checkpoints import Model
-from mssl_core.embedding_cache import EmbeddingCache
+from mssl_core.embedding_cache import CacheError, EmbeddingCache
 from mssl_core.images import ImageError, thumbnail_data_uri
 from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
@@ -130,7 +130,7 @@ def saved_or_reported():
     and stop the page; nothing is confirmed that was not saved, and the saved state is intact."""
     try:
         yield
-    except StorageError as error:
+    except (StorageError, CacheError) as error:
         st.error(str(error))
         st.stop()
 
