@@ -65,20 +65,24 @@ def pseudo_label_project(
     if len(classes) < 2:
         raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
     unlabeled = project.images("unlabeled")
-    paths = [image.path for image, _ in support] + [image.path for image in unlabeled]
-    embedded = embed_files(
-        model.backbone,
-        model.backbone_key,
-        paths,
-        cache,
-        log=lambda _: None,
-        progress=None if progress is None else lambda done, total: progress(done / total),
-    )
-    unreadable = [(path, error) for path, error in zip(paths, embedded.errors, strict=True) if error]
-    if unreadable:  # checked when uploaded, so the project folder was changed behind our back
-        path, error = unreadable[0]
-        raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
-    embeddings = embedded.embeddings
+    stored = [image for image, _ in support] + unlabeled
+    embeddings = _cached_embeddings(stored, model, cache)
+    if embeddings is None:
+        embedded = embed_files(
+            model.backbone,
+            model.backbone_key,
+            [image.path for image in stored],
+            cache,
+            log=lambda _: None,
+            progress=None if progress is None else lambda done, total: progress(done / total),
+        )
+        unreadable = [
+            (image.path, error) for image, error in zip(stored, embedded.errors, strict=True) if error
+        ]
+        if unreadable:  # checked when uploaded, so the project folder was changed behind our back
+            path, error = unreadable[0]
+            raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
+        embeddings = embedded.embeddings
     support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
     unlabeled_embeddings = torch.from_numpy(embeddings[len(support) :].copy())
     labels = torch.tensor([classes.index(label) for _, label in support])
@@ -87,17 +91,31 @@ def pseudo_label_project(
     prediction = adapt(
         model, classes, support_embeddings, labels, unlabeled_embeddings[undecided], unlabeled_embeddings, ssl
     )
-    project.save_predictions(
-        [
-            (image.id, label, conf)
-            for image, label, conf in zip(unlabeled, prediction.labels, prediction.confidence, strict=True)
-        ],
-        model.name,
-    )
+    saved = project.predictions()
+    changed = [
+        (image.id, label, float(confidence))
+        for image, label, confidence in zip(unlabeled, prediction.labels, prediction.confidence, strict=True)
+        if saved.get(image.id) != (label, float(confidence))
+    ]
+    if changed:  # a rerun that moved nothing writes nothing
+        project.save_predictions(changed, model.name)
     # Where the plain prototypical answer (labeled images alone) differs: worth a human look.
     supervised = make_method("protonet").fit(support_embeddings, labels).predict_proba(unlabeled_embeddings)
     disagreement = supervised.argmax(1).numpy() != prediction.probabilities.argmax(1)
     return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, disagreement)
+
+
+def _cached_embeddings(
+    images: list[StoredImage], model: Model, cache: EmbeddingCache | None
+) -> np.ndarray | None:
+    """Every image's embedding straight from the cache by its stored content hash, so a rerun
+    reads and hashes no file; None if any is missing (then the files are embedded)."""
+    if cache is None or not images:
+        return None
+    found = cache.get_many(model.backbone_key, [image.sha256 for image in images])
+    if len(found) < len({image.sha256 for image in images}):
+        return None
+    return np.stack([found[image.sha256] for image in images])
 
 
 def export_rows(project: LabelingProject, include_pseudo_labels: bool) -> list[ExportRow]:

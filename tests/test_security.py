@@ -418,3 +418,19 @@ def test_a_cache_that_cannot_be_written_is_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "db", FullDisk())
     with pytest.raises(CacheError, match="disk is full.*nothing you decided"):
         cache.put_many("m", {"h": np.zeros(3)})
+
+
+def test_a_rerun_reads_no_stored_file_and_writes_no_unchanged_prediction(project, tmp_path, monkeypatch):
+    from mssl_core import pseudo_label
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.ingest import load_demo
+    from mssl_core.labeling import model_for
+
+    load_demo(project)
+    model, cache = model_for("protonet", "conv4"), EmbeddingCache(tmp_path / "cache.sqlite")
+    first = pseudo_label.pseudo_label_project(project, model, cache)
+    monkeypatch.setattr(pseudo_label, "embed_files", lambda *a, **k: pytest.fail("files read again"))
+    writes = []
+    monkeypatch.setattr(type(project), "save_predictions", lambda self, rows, method: writes.append(rows))
+    again = pseudo_label.pseudo_label_project(project, model, cache)
+    assert writes == [] and again.prediction.labels == first.prediction.labels
