@@ -41,3 +41,12 @@ def threshold_summary(confidence: np.ndarray, threshold: float) -> tuple[int, fl
     chosen = confidence >= threshold
     count = int(chosen.sum())
     return count, (float(confidence[chosen].mean()) if count else None)
+
+
+def expected_errors(confidence: np.ndarray) -> tuple[float, float | None]:
+    """(wrong labels to expect, expected precision) among images of these confidences: with
+    calibrated confidence each image is wrong with probability 1 - confidence, so the rest of
+    a batch can be judged without looking at it."""
+    if len(confidence) == 0:
+        return 0.0, None
+    return float((1 - confidence).sum()), float(confidence.mean())

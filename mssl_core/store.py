@@ -272,6 +272,15 @@ class LabelingProject:
                 (image_id, action, label, session, time.time()),
             )
 
+    def accept_all(self, labels: dict[int, str], session: str = "") -> None:
+        """Accept many pseudo-labels (image id -> label) in one transaction: all or nothing."""
+        now = time.time()
+        with self._saving(f"{len(labels)} accepted labels") as db:
+            db.executemany(
+                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
+                [(image_id, "accept", label, session, now) for image_id, label in labels.items()],
+            )
+
     def decision_of(self, image_id: int) -> tuple[str, str | None] | None:
         """The image's current decision (None: undecided, or its last decision was undone)."""
         row = self.db.execute(

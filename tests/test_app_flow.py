@@ -1,5 +1,6 @@
 """The labeling flow page by page in AppTest: demo upload -> pseudo-label -> review -> export."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def test_demo_pseudo_label_review_and_export(app):
     assert len(project.current_decisions()) == 1
 
     app.slider[0].set_value(0.9).run()
-    bulk = _button(app, "Accept ")
+    bulk = next(b for b in app.button if re.fullmatch(r"Accept \d+ images", b.label))
     expected = int(bulk.label.split()[1])
     bulk.click().run()
     decisions = project.current_decisions()
@@ -168,3 +169,25 @@ def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_chec
     app.slider[0].set_value(0.5).run()  # one-shot confidence runs low: make the slider accept some
     summary = next(m.value for m in app.markdown if m.value.startswith("Accepts "))
     assert "precision not estimated" in summary and "expected precision" not in summary
+
+
+def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
+    import numpy as np
+
+    app.switch_page("views/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    app.switch_page("views/pseudo_label.py").run()
+    _button(app, "Pseudo-label").click().run()
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    project = store.open_project("demo", create=False)
+    confidence = np.array([c for _, c in project.predictions().values()])
+    errors, precision = float((1 - confidence).sum()), float(confidence.mean())
+    said = next(m.value for m in app.markdown if "expected among the 300 images not yet reviewed" in m.value)
+    assert f"**{errors:.0f} wrong label" in said and f"{precision:.1%}" in said
+    app.select_slider[0].set_value(0.9).run()
+    if precision >= 0.9:
+        _button(app, "Accept the remaining 300").click().run()
+        assert len(project.current_decisions()) == 300
+    else:
+        assert any("Keep reviewing" in c.value for c in app.caption)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from mssl_core.review import review_order, threshold_summary
 
@@ -18,3 +19,11 @@ def test_threshold_summary_counts_and_expected_precision():
     confidence = np.array([0.99, 0.97, 0.8, 0.5])
     assert threshold_summary(confidence, 0.95) == (2, 0.98)
     assert threshold_summary(confidence, 1.0) == (0, None)
+
+
+def test_expected_errors_of_the_rest_is_the_sum_of_doubts():
+    from mssl_core.review import expected_errors
+
+    errors, precision = expected_errors(np.array([0.9, 0.99, 0.6]))
+    assert errors == pytest.approx(0.51) and precision == pytest.approx(0.83)
+    assert expected_errors(np.array([])) == (0.0, None)

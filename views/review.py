@@ -4,7 +4,7 @@ says so, and the rest of the batch re-adapts to it at once."""
 
 import streamlit as st
 
-from mssl_core.review import review_order, threshold_summary
+from mssl_core.review import expected_errors, review_order, threshold_summary
 from mssl_core.store import DecisionConflict
 from views.common import (
     browser_session,
@@ -28,6 +28,32 @@ pending = [i for i, image in enumerate(result.images) if image.id not in decisio
 done = len(result.images) - len(pending)
 st.progress(done / max(len(result.images), 1), text=f"{done} of {len(result.images)} reviewed")
 
+
+def accept_all(indices: list[int]) -> None:
+    """Accept these images' pseudo-labels in one transaction, then confirm and re-adapt."""
+    with saved_or_reported():
+        project.accept_all({result.images[i].id: prediction.labels[i] for i in indices}, session=SESSION)
+    st.toast(f"Saved {len(indices)} accepted labels.")
+    st.rerun()
+
+
+# How good the rest already is, and a way to stop when it is good enough (calibrated confidence
+# only: with one labeled image in a class there is no estimate to offer).
+errors, rest_precision = expected_errors(prediction.confidence[pending])
+if pending and prediction.confidence_checked:
+    with st.container(border=True):
+        st.write(
+            f"About **{errors:.0f} wrong label{'s' if round(errors) != 1 else ''}** expected among the "
+            f"{len(pending)} images not yet reviewed (expected precision {rest_precision:.1%})."
+        )
+        target = st.select_slider("Precision you need", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999], value=0.99)
+        if rest_precision >= target:
+            st.success(f"The rest already reaches {target:.1%}. Accepting it leaves about {errors:.1f} errors.")
+            if st.button(f"Accept the remaining {len(pending)} images", type="primary"):
+                accept_all(pending)
+        else:
+            st.caption(f"Keep reviewing: the rest is at {rest_precision:.1%}, below the {target:.1%} you need.")
+
 with st.container(border=True):
     st.write("**Accept all above a threshold**")
     threshold = st.slider("Confidence threshold", 0.5, 1.0, 0.95, 0.01)
@@ -47,12 +73,7 @@ with st.container(border=True):
         )
     st.write(f"Accepts **{count}** images{expected}.")
     if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
-        with saved_or_reported():
-            for index in pending:
-                if prediction.confidence[index] >= threshold:
-                    project.decide(result.images[index].id, "accept", prediction.labels[index], session=SESSION)
-        st.toast(f"Saved {count} accepted labels.")
-        st.rerun()
+        accept_all([i for i in pending if prediction.confidence[i] >= threshold])
 
 order = review_order(
     prediction.probabilities[pending],
