@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mssl_core.backbones import Backbone
-from mssl_core.embedding_cache import EmbeddingCache
+from mssl_core.embedding_cache import CacheError, EmbeddingCache
 from mssl_core.images import ImageError, decode_image
 
 BATCH = 64  # images per network call: large enough for full speed, small enough to stream
@@ -56,6 +56,7 @@ class _Preparer:
 
     def __init__(self, backbone: Backbone, model_key: str, cache: EmbeddingCache | None):
         self.backbone, self.model_key, self.cache = backbone, model_key, cache
+        self.cache_failure = ""
         self.cache_lock = threading.Lock()  # one SQLite connection, many threads
 
     def __call__(self, paths: Sequence[Path]) -> _Prepared:
@@ -88,9 +89,14 @@ class _Preparer:
         return _Prepared(hashes, errors, cached, batch, missing, time.perf_counter() - started)
 
     def store(self, vectors: dict[str, np.ndarray]) -> None:
+        """Cache new embeddings; if the cache cannot be written (disk full), remember why and go
+        on without it: it only saves time, nothing the user decided lives there."""
         if self.cache is not None:
             with self.cache_lock:
-                self.cache.put_many(self.model_key, vectors)
+                try:
+                    self.cache.put_many(self.model_key, vectors)
+                except CacheError as error:
+                    self.cache_failure, self.cache = str(error), None
 
 
 @functools.cache
@@ -160,6 +166,8 @@ def embed_files(
             done += len(chunk)
             if progress:
                 progress(done, len(paths))
+    if prepare.cache_failure:
+        log(prepare.cache_failure)
     if not readable:
         return EmbeddedFiles(list(paths), errors, np.zeros((0, backbone.embedding_dim), np.float32), seconds)
     embeddings = np.stack([known[sha] for sha in readable]).astype(np.float32, copy=False)

@@ -434,3 +434,20 @@ def test_a_rerun_reads_no_stored_file_and_writes_no_unchanged_prediction(project
     monkeypatch.setattr(type(project), "save_predictions", lambda self, rows, method: writes.append(rows))
     again = pseudo_label.pseudo_label_project(project, model, cache)
     assert writes == [] and again.prediction.labels == first.prediction.labels
+
+
+def test_labeling_goes_on_and_says_so_when_the_cache_cannot_be_written(shape_folders, tmp_path, monkeypatch):
+    from mssl_core.embedding_cache import CacheError, EmbeddingCache
+    from mssl_core.labeling import label_folders
+
+    def full(self, model, vectors):
+        raise CacheError("Could not save embeddings to the cache: database or disk is full.")
+
+    monkeypatch.setattr(EmbeddingCache, "put_many", full)
+    said = []
+    support, unlabeled, truth = shape_folders
+    result = label_folders(
+        support, unlabeled, "protonet", "conv4", log=said.append, cache=EmbeddingCache(tmp_path / "c.sqlite")
+    )
+    assert sum(1 for row in result.rows if row.label) == len(truth)
+    assert any("disk is full" in line for line in said)
