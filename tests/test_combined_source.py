@@ -131,3 +131,17 @@ def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeyp
     )
     ensemble.fit(torch.cat([support, batch[:1]]), torch.cat([labels, torch.tensor([0])]), batch[1:])
     assert not [n for n in searched if n >= 1000], searched
+
+
+def test_a_classifier_member_sits_out_tasks_with_one_labeled_image_in_a_class():
+    members = {
+        "informative": Sliced(make_method("protonet"), slice(0, 8)),
+        "logreg": Sliced(make_method("logreg"), slice(0, 8)),
+    }
+    ensemble = SourceEnsemble(members, {"informative": 1.0, "combined": 1.0})
+    support, labels, batch, _ = _two_sources(shots=1)
+    ensemble.fit(support, labels, batch)
+    assert set(ensemble.factors) == {"informative"} and ensemble.predict_proba(batch).shape == (60, 3)
+    support, labels, batch, _ = _two_sources(shots=3)
+    ensemble.fit(support, labels, batch)
+    assert set(ensemble.factors) == {"informative", "logreg"}
