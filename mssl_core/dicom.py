@@ -38,16 +38,10 @@ def decode_dicom(data: bytes, max_pixels: int) -> Image.Image:
         raise DicomError(f"a DICOM file whose pixels cannot be read ({type(error).__name__})") from None
 
 
-def _check_inflated_size(data: bytes) -> None:
+def _check_inflated_size(deflated: bytes) -> None:
     """Refuse a deflated dataset that would expand beyond MAX_INFLATED_BYTES, by inflating it
     in bounded steps and keeping nothing (pydicom would inflate all of it at once)."""
-    import pydicom
-
-    meta_end = io.BytesIO(data)
-    pydicom.filereader.read_preamble(meta_end, force=False)
-    pydicom.filereader._read_file_meta_info(meta_end)
-    inflater, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
-    pending = data[meta_end.tell() :]
+    inflater, size, pending = zlib.decompressobj(-zlib.MAX_WBITS), 0, deflated
     while pending:
         size += len(inflater.decompress(pending, 2**20))
         if size > MAX_INFLATED_BYTES:
@@ -59,15 +53,17 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space, pixel_array
 
+    # the file meta alone first: a deflated dataset is checked before pydicom inflates it
+    stream = io.BytesIO(data)
     try:
-        meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, defer_size=LARGE_VALUE)
-    except Exception:  # pydicom raises many types for a damaged header
-        raise DicomError("a damaged DICOM file (its header cannot be read)") from None
-    if str(meta.file_meta.get("TransferSyntaxUID", "")) == DEFLATED:
-        _check_inflated_size(data)
-    try:
+        pydicom.filereader.read_preamble(stream, force=False)
+        file_meta = pydicom.filereader._read_file_meta_info(stream)  # pydicom's public one takes a path
+        if str(file_meta.get("TransferSyntaxUID", "")) == DEFLATED:
+            _check_inflated_size(data[stream.tell() :])
         dataset = pydicom.dcmread(io.BytesIO(data), defer_size=LARGE_VALUE)
-    except Exception:
+    except DicomError:
+        raise
+    except Exception:  # pydicom raises many types for a damaged header
         raise DicomError("a damaged DICOM file (its header cannot be read)") from None
     if "PixelData" not in dataset:
         raise DicomError("a DICOM file without an image (no pixel data)")

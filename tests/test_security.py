@@ -223,8 +223,16 @@ def test_a_small_deflated_dicom_that_would_inflate_hugely_is_refused_before_infl
     body += [compressor.compress(zeros) for _ in range(size // len(zeros))] + [compressor.flush()]
     bomb = head.getvalue() + b"".join(body)
     assert len(bomb) < 400_000
-    with pytest.raises(ImageError, match="expands beyond"):
-        decode_image(bomb)
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="expands beyond"):
+            decode_image(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20  # never inflated whole (it would be 256 MB)
 
 
 def test_a_multi_frame_dicom_decodes_its_first_frame_only(monkeypatch):
