@@ -7,12 +7,12 @@ import hashlib
 from dataclasses import dataclass, field
 
 from mssl_core.data.paths import REPO_ROOT
+from mssl_core.export import WINDOWS_RESERVED
 from mssl_core.images import ImageError, UploadedFile, decode_image, list_files
 from mssl_core.store import LabelingProject
 
 DEMO_DIR = REPO_ROOT / "assets" / "demo"
 MAX_CLASS_NAME = 100
-RESERVED_NAMES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 def class_name_problem(name: str) -> str | None:
@@ -25,7 +25,7 @@ def class_name_problem(name: str) -> str | None:
         return "contains a control character"
     if name.strip(". ") == "":
         return "is only dots or spaces"
-    if name.split(".")[0].strip().lower() in RESERVED_NAMES:
+    if name.split(".")[0].strip().lower() in WINDOWS_RESERVED:
         return "is a name Windows reserves for devices (CON, NUL, COM1, ...)"
     return None
 
