@@ -11,8 +11,8 @@ from views.common import configured_password, locked, log_out, password_prompt
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ICON = Path(__file__).parent / "assets" / "icon.svg"
 
-# An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
 keep_files_private()
+# An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
 st.set_page_config(page_title="MSSL Label Assist", page_icon=str(ICON), layout="wide")
 
 if st.get_option("server.address") not in LOOPBACK and configured_password() is None:
@@ -36,11 +36,9 @@ else:
             st.Page("views/model.py", title="6 · Model", icon=":material/model_training:"),
         ]
     )
-if (
-    configured_password() is not None
-    and not locked()
-    and st.sidebar.button("Log out", icon=":material/logout:", key="log-out")
-):
-    log_out()
-    st.rerun()
+    if configured_password() is not None and st.sidebar.button(
+        "Log out", icon=":material/logout:", key="log-out"
+    ):
+        log_out()
+        st.rerun()
 navigation.run()
