@@ -1,4 +1,4 @@
-"""Command line: `python -m mssl_core {label,train,evaluate,crossdomain,bench} ...` (see README.md)."""
+"""Command line: `python -m mssl_core {label,simulate,train,evaluate,crossdomain,bench} ...` (see README.md)."""
 
 from __future__ import annotations
 
@@ -132,6 +132,38 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    import logging
+
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.simulate import actions_to_reach, simulate_folders, write_curve
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    curve = simulate_folders(
+        Path(args.support),
+        Path(args.unlabeled),
+        Path(args.truth),
+        method=args.method,
+        order=args.order,
+        max_actions=args.max_actions,
+        seed=args.seed,
+        cache=None if args.no_cache else EmbeddingCache(Path(args.cache)),
+        models=Path(args.models),
+    )
+    write_curve(curve, Path(args.out))
+    start = curve[0]
+    print(
+        f"{args.order} order: the batch starts {start.batch_accuracy:.1%} correct"
+        f" ({start.actual_errors_remaining} wrong, {start.expected_errors_remaining:.1f} expected by the app)"
+    )
+    for target in (0.95, 0.99):
+        actions = actions_to_reach(curve, target)
+        reached = "not reached" if actions is None else f"{actions} actions"
+        print(f"{target:.0%} correct: {reached}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _progress_every_tenth():
     """A progress callback that says how far embedding got at every tenth of a large batch."""
     shown = 0
@@ -203,6 +235,29 @@ def main(argv: list[str] | None = None) -> int:
         help="consistency regularisation weight (two perturbed views must agree)",
     )
     label.set_defaults(run=_label)
+
+    from mssl_core.review import ORDERS
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="replay the Review page with a reviewer who knows the truth: actions to 95%% / 99%% correct",
+    )
+    simulate.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    simulate.add_argument("--unlabeled", required=True, help="folder of the batch to review")
+    simulate.add_argument("--truth", required=True, help="CSV `file,label`, file relative to --unlabeled")
+    simulate.add_argument(
+        "--out",
+        required=True,
+        help="CSV to write: actions,reviewed,batch_accuracy,expected/actual errors remaining",
+    )
+    simulate.add_argument("--method", default=None, help="method name (default: the best measured)")
+    simulate.add_argument("--order", choices=ORDERS, default="app", help="which image the reviewer sees next")
+    simulate.add_argument("--max-actions", type=int, default=None, help="stop after this many (default: all)")
+    simulate.add_argument("--seed", type=int, default=0, help="for --order random")
+    simulate.add_argument("--models", default=str(MODELS_DIR), help="folder of checkpoints")
+    simulate.add_argument("--cache", default=str(data_dir() / "embeddings.sqlite"), help="embedding cache")
+    simulate.add_argument("--no-cache", action="store_true", help="neither read nor write the embedding cache")
+    simulate.set_defaults(run=_simulate)
 
     train = commands.add_parser("train", help="meta-train a model into assets/models/")
     train.add_argument("--all", action="store_true", help="reproduce every shipped checkpoint")

@@ -15,6 +15,7 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor
 
 HELD_OUT_UNLABELED = 250  # unlabeled images used by the held-out refits
+MAX_FOLDS = 10  # held-out refits at most: a review that grows the labeled set stays fast
 MAX_LOG_TEMPERATURE = 4.0  # T within [e^-4, e^4]: separable data would otherwise drive T to 0
 SHOTS_GRID = (1, 2, 5, 10)  # labeled images per class of the validation tasks
 WAYS_GRID = (5, 10, 20)  # classes of the validation tasks
@@ -95,24 +96,18 @@ def held_out_predictions(
     method, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Logits (at the table's temperature, see `calibrated_logits`) and labels of the user's
-    labeled images, each predicted by the method adapted to the others: fold f holds out the
-    f-th labeled image of every class. One image of every class at once keeps the task
-    balanced: holding out a single image leaves its own class one short, which lowers its score
+    labeled images, each predicted by the method adapted to the others, fold by fold
+    (`held_out_folds`; rows in the order of `held_out_rows`). One image of every class at once
+    keeps the task balanced: holding out a single image leaves its own class one short, which lowers its score
     in methods that sum over labeled images (siamese, matching). Every class needs two or more
     images."""
     if unlabeled is not None and len(unlabeled) > HELD_OUT_UNLABELED:
         # one refit per fold: a fixed sample of the batch keeps that cheap at 10,000+
         keep = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))[:HELD_OUT_UNLABELED]
         unlabeled = unlabeled[keep]
-    counts = torch.bincount(support_labels)
-    position = torch.zeros(len(support_labels), dtype=torch.long)  # rank of each image in its class
-    for c in range(len(counts)):
-        members = (support_labels == c).nonzero().squeeze(1)
-        position[members] = torch.arange(len(members))
     scaled_logits, held_labels = [], []
     with torch.no_grad():
-        for fold in range(int(counts.min())):
-            held = position == fold
+        for held in held_out_folds(support_labels):
             # the held-out images join the unlabeled ones, as the batch images they stand for
             # do: transductive methods then score them the way they score the batch
             fold_unlabeled = support[held] if unlabeled is None else torch.cat([unlabeled, support[held]])
@@ -120,6 +115,24 @@ def held_out_predictions(
             scaled_logits.append(calibrated_logits(method, support[held]))
             held_labels.append(support_labels[held])
     return torch.cat(scaled_logits), torch.cat(held_labels)
+
+
+def held_out_folds(support_labels: Tensor) -> list[Tensor]:
+    """The folds of `held_out_predictions`, as masks over the labeled images: fold f holds out
+    the images whose rank within their class is f modulo the number of folds (the smallest
+    class's count, at most MAX_FOLDS), so every image is held out exactly once."""
+    counts = torch.bincount(support_labels)
+    folds = int(min(counts[counts > 0].min(), MAX_FOLDS))
+    position = torch.zeros(len(support_labels), dtype=torch.long)  # rank of each image in its class
+    for c in range(len(counts)):
+        members = (support_labels == c).nonzero().squeeze(1)
+        position[members] = torch.arange(len(members))
+    return [position % folds == fold for fold in range(folds)]
+
+
+def held_out_rows(support_labels: Tensor) -> Tensor:
+    """Which labeled image each row of `held_out_predictions` is."""
+    return torch.cat([held.nonzero().squeeze(1) for held in held_out_folds(support_labels)])
 
 
 def held_out_log_loss(
@@ -149,8 +162,24 @@ def held_out_domain_factor(
     few lucky or unlucky images move it little (`prior_sd` None: the most likely one). Multiply
     the task's own table temperature by r. None when a class has a single image or the method
     has no temperature table."""
+    measured = held_out_calibration(method, support, support_labels, unlabeled, prior_sd)
+    return None if measured is None else measured[0]
+
+
+def held_out_calibration(
+    method,
+    support: Tensor,
+    support_labels: Tensor,
+    unlabeled: Tensor | None,
+    prior_sd: float | None = DOMAIN_PRIOR_SD,
+) -> tuple[float, Tensor] | None:
+    """`held_out_domain_factor`, and each labeled image's held-out probabilities at it (rows
+    in the order of `support`)."""
     counts = torch.bincount(support_labels)
     if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
         return None
     logits, labels = held_out_predictions(method, support, support_labels, unlabeled)
-    return fit_temperature(logits, labels, prior_sd=prior_sd)
+    factor = fit_temperature(logits, labels, prior_sd=prior_sd)
+    probabilities = torch.empty_like(logits)
+    probabilities[held_out_rows(support_labels)] = torch.softmax(logits / factor, dim=1)
+    return factor, probabilities

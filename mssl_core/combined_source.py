@@ -21,13 +21,20 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from mssl_core.backbones import Backbone, Conv4, MobileNetV2Backbone, PixelBackbone
-from mssl_core.calibration import DOMAIN_PRIOR_SD, calibrated_logits, fit_temperature, held_out_predictions
+from mssl_core.calibration import (
+    DOMAIN_PRIOR_SD,
+    calibrated_logits,
+    fit_temperature,
+    held_out_predictions,
+    held_out_rows,
+)
 from mssl_core.checkpoints import Model
 from mssl_core.feature_sources import IMAGENET_STAGE_DIMS, ImageNetStages, TaskCentred, centred_method
 from mssl_core.methods import make_method
@@ -128,6 +135,16 @@ class Sliced:
         self.method.set_task_parameters(tensors)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """How an ensemble turns its members' scores into confidence for one task."""
+
+    factors: dict[str, float]  # per member: times its validation temperature
+    temperature: float  # the ensemble's own, on the members' averaged log-probabilities
+    checked: bool  # measured on the user's labeled images (every class has two), not assumed
+    held_out: Tensor | None = None  # each labeled image's probabilities, predicted from the others
+
+
 class SourceEnsemble:
     """The members' calibrated log-probabilities averaged, at a temperature of its own; see the
     module docstring. `checked`: calibrated on the user's labeled images (every class has two)."""
@@ -140,33 +157,59 @@ class SourceEnsemble:
         self.description = getattr(first, "description", "")
         self.uses_unlabeled = getattr(first, "uses_unlabeled", False)
         self.meta_trained = getattr(first, "meta_trained", True)
-        self.factors: dict[str, float] = {}
-        self.temperature = 1.0
-        self.checked = False
+        self.calibration = Calibration({}, 1.0, False)  # until fitted
+
+    @property
+    def factors(self) -> dict[str, float]:
+        return self.calibration.factors
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature
+
+    @property
+    def checked(self) -> bool:
+        return self.calibration.checked
 
     def with_ssl(self, options: SSLOptions | None) -> SourceEnsemble:
         """The semi-supervised terms applied within every member."""
         self.members = {name: with_ssl(member, options) for name, member in self.members.items()}
         return self
 
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> SourceEnsemble:
-        self.checked = bool((torch.bincount(support_labels) >= 2).all())
-        held_out, held_labels = [], support_labels
-        self.factors = {}
+    def calibrate(
+        self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None
+    ) -> Calibration:
+        """Each member's factor and the ensemble's temperature, from held-out predictions of
+        these labeled images (or the one-shot factors where a class has a single one)."""
+        if not (torch.bincount(support_labels) >= 2).all():
+            factors = {n: f for n, f in self.one_shot_factors.items() if n in self.members}
+            return Calibration(factors, self.one_shot_factors["combined"], False)
+        held_out, held_labels, factors = [], support_labels, {}
         with torch.no_grad():
-            for name, member in self.active_members().items():
-                if self.checked:
-                    logits, held_labels = held_out_predictions(member, support, support_labels, unlabeled)
-                    self.factors[name] = fit_temperature(logits, held_labels, prior_sd=DOMAIN_PRIOR_SD)
-                    held_out.append(torch.log_softmax(logits / self.factors[name], dim=1))
-                else:
-                    self.factors[name] = self.one_shot_factors[name]
+            for name, member in self.members.items():
+                logits, held_labels = held_out_predictions(member, support, support_labels, unlabeled)
+                factors[name] = fit_temperature(logits, held_labels, prior_sd=DOMAIN_PRIOR_SD)
+                held_out.append(torch.log_softmax(logits / factors[name], dim=1))
+        combined = torch.stack(held_out).mean(0)
+        temperature = fit_temperature(combined, held_labels, prior_sd=DOMAIN_PRIOR_SD)
+        probabilities = torch.empty_like(combined)
+        probabilities[held_out_rows(support_labels)] = torch.softmax(combined / temperature, dim=1)
+        return Calibration(factors, temperature, True, probabilities)
+
+    def fit(
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        unlabeled: Tensor | None = None,
+        calibration: Calibration | None = None,
+    ) -> SourceEnsemble:
+        """Fit every active member to the task; `calibration` as `calibrate` gives it (computed
+        here from `support` when not given)."""
+        calibration = calibration or self.calibrate(support, support_labels, unlabeled)
+        self.calibration = calibration
+        with torch.no_grad():
+            for member in self.active_members().values():
                 member.fit(support, support_labels, unlabeled)
-        if self.checked:
-            combined = torch.stack(held_out).mean(0)
-            self.temperature = fit_temperature(combined, held_labels, prior_sd=DOMAIN_PRIOR_SD)
-        else:
-            self.temperature = self.one_shot_factors["combined"]
         return self
 
     def active_members(self) -> dict[str, Sliced]:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +25,9 @@ from torch import Tensor
 
 from mssl_core.backbones import embed_images
 from mssl_core.bulk import embed_files
-from mssl_core.calibration import held_out_domain_factor
+from mssl_core.calibration import held_out_calibration
 from mssl_core.checkpoints import MODELS_DIR, Model, available_models, load_model
-from mssl_core.combined_source import ONE_SHOT_FACTORS, SourceEnsemble, combined_model
+from mssl_core.combined_source import ONE_SHOT_FACTORS, Calibration, SourceEnsemble, combined_model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.feature_sources import CENTRED_SOURCES, centred_model
 from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
@@ -45,6 +48,9 @@ class Prediction:
     probabilities: np.ndarray
     embeddings: np.ndarray
     confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
+    # probabilities of the leading labeled images confidence was calibrated on, each predicted
+    # from the others: where a label and its images disagree
+    held_out: np.ndarray | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -141,6 +147,7 @@ class AdaptedTask:
     method: object
     temperature: float | None  # None: the method's own (baselines without a temperature table)
     confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
+    held_out: Tensor | None = None  # see Prediction.held_out
 
     def probabilities(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -149,7 +156,10 @@ class AdaptedTask:
             return torch.softmax(self.method.logits(x) / self.temperature, dim=1)
 
     def predict(self, x: Tensor) -> Prediction:
-        return Prediction(self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked)
+        held_out = None if self.held_out is None else self.held_out.numpy()
+        return Prediction(
+            self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked, held_out
+        )
 
 
 def fit_task(
@@ -159,6 +169,7 @@ def fit_task(
     support_labels: Tensor,
     unlabeled: Tensor,
     ssl: SSLOptions | None = None,
+    labeled_rows: int | None = None,
 ) -> AdaptedTask:
     """Fit the method to the task (support + unlabeled), with the semi-supervised terms of
     `ssl` switched on.
@@ -166,21 +177,68 @@ def fit_task(
     Confidence uses the validation temperature of the task's shape; where every class has two
     or more labeled images, times the domain factor measured on them (see calibration.py). The
     combined source calibrates each of its members that way (combined_source.py). Where a class
-    has one labeled image, the factor fitted for the source on the development domains."""
+    has one labeled image, the factor fitted for the source on the development domains.
+
+    In review, `labeled_rows` says how many leading support rows the user labeled; the rest
+    were decided in review, picked for being hard, so a calibration measured on them would
+    under-promise. Confidence is then calibrated on the labeled rows alone (while every class
+    has two there), and that calibration is remembered: a decision costs only the refit."""
     task_unlabeled = unlabeled if len(unlabeled) else None
+    calibrate_on = slice(None)
+    if (
+        labeled_rows is not None
+        and (torch.bincount(support_labels[:labeled_rows], minlength=len(classes)) >= 2).all()
+    ):
+        calibrate_on = slice(0, labeled_rows)
     # A private copy: app sessions run in threads and share one loaded model.
     method = copy.deepcopy(model.method)
     if isinstance(method, SourceEnsemble):
-        method.with_ssl(ssl).fit(support, support_labels, task_unlabeled)
-        return AdaptedTask(classes, method, method.temperature, method.checked)
+        method.with_ssl(ssl)
+        labeled, labels = support[calibrate_on], support_labels[calibrate_on]
+        key = _calibration_key(model, ssl, labeled, labels) if calibrate_on.stop else None
+        calibration = _remembered_calibration(key) if key else None
+        if calibration is None:
+            calibration = method.calibrate(labeled, labels, task_unlabeled)
+            if key:
+                _remember_calibration(key, calibration)
+        method.fit(support, support_labels, task_unlabeled, calibration)
+        return AdaptedTask(classes, method, method.temperature, method.checked, calibration.held_out)
     method = with_ssl(method, ssl)
-    factor = held_out_domain_factor(method, support, support_labels, task_unlabeled)
+    measured = held_out_calibration(method, support[calibrate_on], support_labels[calibrate_on], task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
     if not hasattr(method, "temperature"):
         return AdaptedTask(classes, method, None, False)
-    unchecked = ONE_SHOT_FACTORS.get(model.backbone.name, 1.0)
-    return AdaptedTask(classes, method, method.temperature * (factor or unchecked), factor is not None)
+    if measured is None:
+        return AdaptedTask(classes, method, method.temperature * ONE_SHOT_FACTORS.get(model.backbone.name, 1.0))
+    factor, held_out = measured
+    return AdaptedTask(classes, method, method.temperature * factor, True, held_out)
+
+
+REMEMBERED_CALIBRATIONS = 32  # one per (model, labeled set) under review: a few projects at once
+_calibrations: OrderedDict[str, Calibration] = OrderedDict()
+_calibrations_lock = threading.Lock()  # app sessions run in threads
+
+
+def _calibration_key(model: Model, ssl: SSLOptions | None, support: Tensor, labels: Tensor) -> str:
+    digest = hashlib.sha1(f"{model.fingerprint}:{model.name}:{ssl!r}".encode())
+    digest.update(np.ascontiguousarray(support.numpy()).tobytes())
+    digest.update(labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _remembered_calibration(key: str) -> Calibration | None:
+    with _calibrations_lock:
+        if key in _calibrations:
+            _calibrations.move_to_end(key)
+        return _calibrations.get(key)
+
+
+def _remember_calibration(key: str, calibration: Calibration) -> None:
+    with _calibrations_lock:
+        _calibrations[key] = calibration
+        while len(_calibrations) > REMEMBERED_CALIBRATIONS:
+            _calibrations.popitem(last=False)
 
 
 def adapt(
@@ -191,9 +249,10 @@ def adapt(
     unlabeled: Tensor,
     predict_for: Tensor | None = None,
     ssl: SSLOptions | None = None,
+    labeled_rows: int | None = None,
 ) -> Prediction:
     """`fit_task`, then predict `predict_for` (default: the unlabeled images themselves)."""
-    task = fit_task(model, classes, support, support_labels, unlabeled, ssl)
+    task = fit_task(model, classes, support, support_labels, unlabeled, ssl, labeled_rows)
     return task.predict(unlabeled if predict_for is None else predict_for)
 
 

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mssl_core.bulk import embed_files
 from mssl_core.checkpoints import Model
 from mssl_core.embedding_cache import EmbeddingCache
 from mssl_core.export import ExportRow
+from mssl_core.label_issues import suspicious_labels
 from mssl_core.labeling import Prediction, adapt
-from mssl_core.methods import make_method
 from mssl_core.ssl import SSLOptions
 from mssl_core.store import LabelingProject, StoredImage
 
@@ -29,7 +30,7 @@ class ProjectPrediction:
     prediction: Prediction
     support_embeddings: np.ndarray
     decisions: dict[int, tuple[str, str | None]]
-    disagreement: np.ndarray  # semi-supervised label differs from the nearest class mean's
+    suspicious: list[tuple[StoredImage, str]]  # labeled images that may be mislabeled, and the likelier class
 
     def status(self, image: StoredImage) -> str:
         action = self.decisions.get(image.id, ("", None))[0]
@@ -84,13 +85,12 @@ def pseudo_label_project(
             raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
         embeddings = embedded.embeddings
     support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
-    unlabeled_embeddings = torch.from_numpy(embeddings[len(support) :].copy())
     labels = torch.tensor([classes.index(label) for _, label in support])
     labeled_ids = {image.id for image, _ in support}
-    undecided = torch.tensor([image.id not in labeled_ids for image in unlabeled], dtype=torch.bool)
-    prediction = adapt(
-        model, classes, support_embeddings, labels, unlabeled_embeddings[undecided], unlabeled_embeddings, ssl
-    )
+    decided = np.array([image.id in labeled_ids for image in unlabeled], dtype=bool)
+    batch = torch.from_numpy(embeddings[len(support) :].copy())
+    labeled_rows = sum(image.role == "labeled" for image, _ in support)  # they come first
+    prediction = adapt_batch(model, classes, support_embeddings, labels, batch, decided, ssl, labeled_rows)
     saved = project.predictions()
     changed = [
         (image.id, label, float(confidence))
@@ -99,10 +99,33 @@ def pseudo_label_project(
     ]
     if changed:  # a rerun that moved nothing writes nothing
         project.save_predictions(changed, model.name)
-    # Where the plain prototypical answer (labeled images alone) differs: worth a human look.
-    supervised = make_method("protonet").fit(support_embeddings, labels).predict_proba(unlabeled_embeddings)
-    disagreement = supervised.argmax(1).numpy() != prediction.probabilities.argmax(1)
-    return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, disagreement)
+    suspicious = []
+    if prediction.held_out is not None:  # rows: the leading support images, the labeled ones first
+        rows = min(len(prediction.held_out), labeled_rows)
+        confirmed = project.confirmed_labels()
+        for row in suspicious_labels(labels[:rows].numpy(), prediction.held_out[:rows]):
+            image = support[row][0]
+            if image.id not in confirmed:
+                suspicious.append((image, classes[int(prediction.held_out[row].argmax())]))
+    return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious)
+
+
+def adapt_batch(
+    model: Model,
+    classes: list[str],
+    support: Tensor,
+    labels: Tensor,
+    batch: Tensor,
+    decided: np.ndarray,
+    ssl: SSLOptions | None = None,
+    labeled_rows: int | None = None,
+) -> Prediction:
+    """The review loop's one step, shared by the app and `simulate`: adapt to the support set
+    (labeled images plus the batch images a person decided, which are also in `batch`) with the
+    undecided rest as the unlabeled images, and predict the whole batch; confidence is calibrated
+    on the first `labeled_rows` of the support (the user's labeled images, see
+    `labeling.fit_task`)."""
+    return adapt(model, classes, support, labels, batch[torch.from_numpy(~decided)], batch, ssl, labeled_rows)
 
 
 def _cached_embeddings(

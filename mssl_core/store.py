@@ -47,6 +47,14 @@ CREATE TABLE IF NOT EXISTS decisions (
     session TEXT,
     decided_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS label_changes (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    old_label TEXT,
+    new_label TEXT NOT NULL,
+    session TEXT,
+    changed_at REAL NOT NULL
+);
 """
 
 
@@ -313,6 +321,28 @@ class LabelingProject:
             else:
                 latest[image_id] = (action, label)
         return latest
+
+    def relabel(self, image_id: int, label: str, session: str = "") -> None:
+        """Set a labeled image's class, or confirm it (the same label): both are recorded, so
+        an image a person has confirmed is not flagged again (`confirmed_labels`)."""
+        image = self.image(image_id)
+        if image.role != "labeled":
+            raise ValueError(f"{image.name} is not a labeled image; review decides batch images")
+        with self._saving(f"the label of {image.name}") as db:
+            db.execute("UPDATE images SET label = ? WHERE id = ?", (label, image_id))
+            db.execute(
+                "INSERT INTO label_changes (image_id, old_label, new_label, session, changed_at) "
+                "VALUES (?,?,?,?,?)",
+                (image_id, image.label, label, session, time.time()),
+            )
+
+    def confirmed_labels(self) -> set[int]:
+        """Labeled images whose current label a person set or confirmed after uploading."""
+        rows = self.db.execute(
+            "SELECT c.image_id FROM label_changes c JOIN images i ON i.id = c.image_id "
+            "WHERE c.new_label = i.label"
+        ).fetchall()
+        return {image_id for (image_id,) in rows}
 
     def audit_trail(self) -> list[dict]:
         rows = self.db.execute(

@@ -191,3 +191,65 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
         assert len(project.current_decisions()) == 300
     else:
         assert any("Keep reviewing" in c.value for c in app.caption)
+
+
+def test_review_shows_every_class_button_with_its_full_name(tmp_path, monkeypatch):
+    """Twelve classes with long clinical names: each has its own button, the name whole (the
+    five-class demo truncated 'grass' and 'gravel' alike to 'gr…'), keys 1-9 on the first nine."""
+    import io
+
+    import numpy as np
+
+    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.labeling import model_for
+    from mssl_core.pseudo_label import pseudo_label_project
+    from tests.conftest import draw_shape
+
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))
+    classes = [f"Grade {i} adenocarcinoma, poorly differentiated, with necrosis" for i in range(12)]
+    project = store.open_project("long names")
+    rng = np.random.default_rng(0)
+    for number, name in enumerate(classes):
+        for role in ("labeled", "labeled", "unlabeled"):
+            picture = io.BytesIO()
+            draw_shape(("circle", "square", "cross")[number % 3], rng).save(picture, format="PNG")
+            project.add_image(
+                picture.getvalue(),
+                f"{number}-{rng.integers(1e9)}.png",
+                role,
+                name if role == "labeled" else None,
+            )
+    project.set_setting("backbone", "conv4")
+    pseudo_label_project(project, model_for("softkmeans", "conv4"), EmbeddingCache(tmp_path / "e.sqlite"))
+
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.session_state["project"] = "long names"
+    app.run()
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    labels = [b.label for b in app.button]
+    for number, name in enumerate(sorted(classes), 1):
+        expected = f"{number} · {name}" if number <= 9 else name
+        assert any(label.replace("\\", "") == expected for label in labels), expected
+
+
+def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(app):
+    """A bag filed under 'trouser' among the demo's labeled examples: after pseudo-labeling,
+    Review names it with the likelier class; one click relabels it, saved and not flagged again."""
+    app.switch_page("views/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    project = store.open_project("demo", create=False)
+    slip = next(image for image in project.images("labeled") if image.label == "bag")
+    project.db.execute("UPDATE images SET label = 'trouser' WHERE id = ?", (slip.id,))
+    project.db.commit()
+    app.switch_page("views/pseudo_label.py").run()
+    app.selectbox[0].set_value("conv4").run()
+    _button(app, "Pseudo-label").click().run()
+    app.switch_page("views/review.py").run()
+    assert not app.exception
+    said = next(m.value for m in app.markdown if "labeled **trouser**" in m.value)
+    assert slip.name.split(".")[0] in said.replace("\\", "") and "looks like **bag**" in said
+    _button(app, "Relabel as bag").click().run()
+    assert not app.exception
+    assert store.open_project("demo", create=False).image(slip.id).label == "bag"
+    assert not any(b.label.startswith("Relabel as") and b.key == f"relabel-{slip.id}" for b in app.button)

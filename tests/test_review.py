@@ -4,15 +4,14 @@ import pytest
 from mssl_core.review import review_order, threshold_summary
 
 
-def test_least_confident_first_then_disagreement_and_novelty():
-    probabilities = np.array([[0.99, 0.01], [0.55, 0.45], [0.9, 0.1], [0.9, 0.1]])
-    embeddings = np.array([[0.0, 0], [0, 0], [0, 0], [10, 10]])
-    labeled = np.array([[0.0, 0]])
-    order = review_order(probabilities, embeddings, labeled)
-    assert order[0] == 1 and order[-1] == 0
-    assert list(order).index(3) < list(order).index(2)  # far from anything labeled
-    flagged = review_order(probabilities, embeddings, labeled, np.array([False, False, True, False]))
-    assert list(flagged).index(2) < list(flagged).index(3)
+def test_the_app_shows_the_least_confident_image_first_and_random_is_a_permutation():
+    probabilities = np.array([[0.99, 0.01], [0.55, 0.45], [0.9, 0.1], [0.3, 0.7]])
+    assert list(review_order(probabilities)) == [1, 3, 2, 0]
+    assert list(review_order(probabilities, "least-confident")) == [1, 3, 2, 0]
+    shuffled = review_order(probabilities, "random", np.random.default_rng(3))
+    assert sorted(shuffled) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="unknown order"):
+        review_order(probabilities, "alphabetical")
 
 
 def test_threshold_summary_counts_and_expected_precision():

@@ -267,6 +267,35 @@ def current_predictions(project: LabelingProject) -> ProjectPrediction:
         )
 
 
+def labels_to_check(project: LabelingProject, result: ProjectPrediction, session: str) -> None:
+    """Labeled examples whose held-out prediction disagrees with their label
+    (`label_issues.py`), each with a one-click fix: relabel as the likelier class, or keep."""
+    if not result.suspicious:
+        return
+    with st.container(border=True):
+        count = len(result.suspicious)
+        st.write(
+            f"**{count} labeled example{'s' if count != 1 else ''} to check.** Predicted from your other "
+            "labeled images, these look like another class: one wrong example moves a whole class."
+        )
+        for image, likelier in result.suspicious:
+            picture, words = st.columns([1, 5])
+            show_images([(image.path, "")], 72, picture)
+            with words:
+                st.write(f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(likelier)}**")
+                with st.container(horizontal=True):
+                    if st.button(f"Relabel as {md(likelier)}", key=f"relabel-{image.id}", type="primary"):
+                        with saved_or_reported():
+                            project.relabel(image.id, likelier, session)
+                        st.toast(f"Saved: {md(image.name)} is now {md(likelier)}.")
+                        st.rerun()
+                    if st.button(f"Keep {md(image.label)}", key=f"keep-{image.id}"):
+                        with saved_or_reported():
+                            project.relabel(image.id, image.label, session)
+                        st.toast(f"Saved: {md(image.name)} stays {md(image.label)}.")
+                        st.rerun()
+
+
 # Plotly hover labels cannot show images, so this component listens to the map's own hover
 # events in the page and shows the hovered image (points carry image ids in `customdata`).
 _HOVER_JS = """

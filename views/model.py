@@ -9,6 +9,7 @@ from mssl_core.checkpoints import available_models
 from mssl_core.crossdomain import load_results, plain_summary
 from mssl_core.labeling import default_method, load_card
 from mssl_core.methods import METHODS
+from mssl_core.simulate import load_curves
 from views.common import require_unlocked
 
 require_unlocked()
@@ -113,6 +114,41 @@ if cross_domain:
         "Five labeled images per class, as many classes as the domain has (up to five). "
         "Full table: docs/crossdomain.txt."
     )
+
+curves = load_curves()
+if curves:
+    st.subheader("How much of a batch a person needs to review")
+    st.markdown(
+        "A simulated reviewer who knows the right answers works through a batch on the Review "
+        "page: it accepts each pseudo-label that is right and corrects the others, and the "
+        "batch re-adapts after every decision. Below: how quickly the batch becomes correct "
+        "when the app chooses what to show next, against going through it in random order."
+    )
+    tasks = list(dict.fromkeys(row["task"] for row in curves))
+    task = st.selectbox("Images", tasks, index=tasks.index("demo") if "demo" in tasks else 0)
+    shown = {row["order"]: row for row in curves if row["task"] == task}
+    figure = go.Figure(
+        [
+            go.Scatter(
+                x=[p["actions"] for p in row["curve"]],
+                y=[100 * p["batch_accuracy"] for p in row["curve"]],
+                name="the app's order" if order == "app" else "random order",
+                mode="lines",
+            )
+            for order, row in shown.items()
+        ]
+    )
+    figure.update_layout(
+        xaxis_title="images reviewed (accept or correct)", yaxis_title="% of the batch right", height=360
+    )
+    st.plotly_chart(figure, width="stretch")
+    app, random = shown.get("app"), shown.get("random")
+    if app and random and app["to_99"] is not None:
+        in_random = random["to_99"] if random["to_99"] is not None else f"more than {len(random['curve']) - 1}"
+        st.write(
+            f"To get these {app['batch']:,} images 99% right, review about **{app['to_99']}** of them "
+            f"in the app's order ({app['to_99'] / app['batch']:.0%}); in random order, {in_random}."
+        )
 
 held_out = [row for card in cards.values() for row in card.get("held_out", [])]
 if held_out:

@@ -9,6 +9,7 @@ from mssl_core.store import DecisionConflict
 from views.common import (
     browser_session,
     current_predictions,
+    labels_to_check,
     md,
     require_project,
     require_unlocked,
@@ -27,6 +28,7 @@ prediction, decisions = result.prediction, result.decisions
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
 done = len(result.images) - len(pending)
 st.progress(done / max(len(result.images), 1), text=f"{done} of {len(result.images)} reviewed")
+labels_to_check(project, result, SESSION)
 
 
 def accept_all(indices: list[int]) -> None:
@@ -75,12 +77,7 @@ with st.container(border=True):
     if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
         accept_all([i for i in pending if prediction.confidence[i] >= threshold])
 
-order = review_order(
-    prediction.probabilities[pending],
-    prediction.embeddings[pending],
-    result.support_embeddings,
-    result.disagreement[pending],
-)
+order = review_order(prediction.probabilities[pending])
 queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 
 
@@ -120,10 +117,14 @@ with st.container(border=True):
         st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
         if st.button(f"Accept '{md(focus_label)}'", type="primary", shortcut="A", key="focus-accept"):
             decide(focus, "accept", focus_label)
-        class_buttons = st.columns(min(len(prediction.classes), 9))
-        for number, (column, name) in enumerate(zip(class_buttons, prediction.classes, strict=False), 1):
-            if column.button(f"{number} · {md(name)}", shortcut=str(number), key=f"focus-class-{name}"):
-                decide(focus, "accept" if name == focus_label else "correct", name)
+        # every class, its full name on a button as wide as it needs, wrapping to further rows;
+        # keys 1-9 for the first nine
+        with st.container(horizontal=True, wrap=True):
+            for number, name in enumerate(prediction.classes, 1):
+                shortcut = str(number) if number <= 9 else None
+                label = f"{number} · {md(name)}" if shortcut else md(name)
+                if st.button(label, shortcut=shortcut, key=f"focus-class-{name}", width="content"):
+                    decide(focus, "accept" if name == focus_label else "correct", name)
         if st.button("Skip", shortcut="S", key="focus-skip"):
             decide(focus, "skip")
 

@@ -6,10 +6,13 @@ from mssl_core.images import expand_uploads, read_label_csv
 from mssl_core.ingest import class_counts, ingest, load_demo
 from mssl_core.store import create_project, delete_project, list_projects, slugify
 from views.common import (
+    browser_session,
     close_project,
+    current_predictions,
     current_project_name,
     embedding_cache,
     forget_current_project,
+    labels_to_check,
     md,
     require_project,
     require_unlocked,
@@ -107,6 +110,8 @@ if counts:
         examples = [i for i in project.images("labeled") if i.label == label][:8]
         st.caption(md(label))
         show_images([(i.path, "") for i in examples], 64)
+if len(counts) >= 2 and project.predictions():  # the check runs with the batch's adaptation
+    labels_to_check(project, current_predictions(project), f"upload {browser_session()}")
 if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:

@@ -1,0 +1,43 @@
+"""Suspicious labeled examples: cleanlab on held-out predictions flags a planted mistake."""
+
+import numpy as np
+import torch
+
+from mssl_core.backbones import make_backbone
+from mssl_core.checkpoints import Model
+from mssl_core.label_issues import suspicious_labels
+from mssl_core.labeling import fit_task
+from mssl_core.methods import make_method
+from tests.conftest import gaussian_task
+
+
+def _held_out(labels: torch.Tensor, support: torch.Tensor, batch: torch.Tensor) -> np.ndarray:
+    model = Model("tiny-protonet", make_backbone("conv4"), make_method("protonet"), {}, "tiny")
+    return fit_task(model, ["a", "b", "c"], support, labels, batch).held_out.numpy()
+
+
+def test_a_flipped_label_is_flagged_and_a_clean_task_is_not():
+    hits, false_alarms = 0, 0
+    for seed in range(10):
+        _, support, labels, batch, _ = gaussian_task(
+            ways=3, shots=5, unlabeled_per_class=10, seed=seed, spread=4
+        )
+        false_alarms += bool(suspicious_labels(labels.numpy(), _held_out(labels, support, batch)))
+        flipped = labels.clone()
+        flipped[seed % len(labels)] = (flipped[seed % len(labels)] + 1) % 3
+        found = suspicious_labels(flipped.numpy(), _held_out(flipped, support, batch))
+        hits += bool(found) and found[0] == seed % len(labels)
+    assert hits >= 9 and false_alarms <= 1
+
+
+def test_held_out_rows_follow_the_support_order():
+    """Each labeled image's held-out row is its own: a task whose classes sit far apart puts
+    every row's mass on that row's label."""
+    _, support, labels, batch, _ = gaussian_task(ways=3, shots=4, unlabeled_per_class=5, seed=1, spread=30)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    held_out = _held_out(labels[order], support[order], batch)
+    assert (held_out.argmax(1) == labels[order].numpy()).all()
+
+
+def test_nothing_to_judge_gives_no_flags():
+    assert suspicious_labels(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]])) == []
