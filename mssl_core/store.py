@@ -100,9 +100,24 @@ def migrate(db: sqlite3.Connection, folder: Path) -> None:
             db.execute(f"PRAGMA user_version = {step}")
 
 
-def _write_durably(path: Path, content: bytes) -> None:
+CHUNK = 1024 * 1024  # files are copied and hashed in pieces of this size, never read whole
+
+
+def content_sha256(content: bytes | Path) -> str:
+    """The SHA-256 of bytes, or of a file's content read in chunks."""
+    if isinstance(content, bytes):
+        return hashlib.sha256(content).hexdigest()
+    with content.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _write_durably(path: Path, content: bytes | Path) -> None:
     with path.open("wb") as handle:
-        handle.write(content)
+        if isinstance(content, bytes):
+            handle.write(content)
+        else:
+            with content.open("rb") as source:
+                shutil.copyfileobj(source, handle, CHUNK)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -135,6 +150,14 @@ def _storage_problem(error: BaseException, folder: Path) -> str:
     if "readonly" in text or "read-only" in text or errno_ in (13, 30):  # EACCES, EROFS
         return f"{folder} is read-only (or this app may not write there)"
     return f"{folder} cannot be written ({error})"
+
+
+def storage_error(what: str, error: BaseException, folder: Path) -> StorageError:
+    """The StorageError for `what` failing to be saved in `folder` because of `error`."""
+    return StorageError(
+        f"Could not save {what}: {_storage_problem(error, folder)}. "
+        "Nothing was lost: everything saved before is intact. Free space or fix the folder, then retry."
+    )
 
 
 @dataclass(frozen=True)
@@ -173,16 +196,14 @@ class LabelingProject:
             with self.db:
                 yield self.db
         except (sqlite3.OperationalError, OSError) as error:
-            raise StorageError(
-                f"Could not save {what}: {_storage_problem(error, self.folder)}. "
-                "Nothing was lost: everything saved before is intact. Free space or fix the folder, then retry."
-            ) from None
+            raise storage_error(what, error, self.folder) from None
 
     def add_image(
-        self, content: bytes, name: str, role: str, label: str | None = None
+        self, content: bytes | Path, name: str, role: str, label: str | None = None
     ) -> tuple[StoredImage, bool]:
-        """Store an image's bytes under its content hash; (image, False) if it was already there."""
-        sha = hashlib.sha256(content).hexdigest()
+        """Store an image (its bytes, or a file holding them, copied in chunks) under its content
+        hash; (image, False) if it was already there."""
+        sha = content_sha256(content)
         existing = self._image_where("sha256 = ? AND role = ?", (sha, role))
         if existing:
             return existing[0], False

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from mssl_core.images import expand_uploads, read_label_csv
-from mssl_core.ingest import class_counts, ingest, load_demo
+from mssl_core.images import ARCHIVE_LIMITS, read_label_csv
+from mssl_core.ingest import class_counts, ingest_uploads, load_demo
 from mssl_core.store import create_project, delete_project, list_projects, slugify
 from views.common import (
     close_project,
@@ -64,10 +64,16 @@ if st.button("Load demo data", help="Five kinds of clothing: 5 labeled examples 
     show_report("Labeled", labeled)
     show_report("Unlabeled", unlabeled)
 
+# Streamlit refuses a larger file before it reaches us; the unpacked limit is ours (zip bombs).
+UPLOAD_LIMITS = (
+    f"Each file or zip can be up to {st.get_option('server.maxUploadSize'):,} MB, and a zip can hold "
+    f"up to {ARCHIVE_LIMITS['total_bytes'] / 1024**3:g} GB once unpacked."
+)
+
 with st.expander("Add labeled examples", expanded=not class_counts(project)):
     st.caption(
         "A zip with one folder per class, or image files plus a CSV (`file,label`), "
-        "or image files and a class name typed below."
+        f"or image files and a class name typed below. {UPLOAD_LIMITS}"
     )
     labeled_files = st.file_uploader(
         "Labeled images (files or zip)", accept_multiple_files=True, key="labeled_upload"
@@ -75,26 +81,21 @@ with st.expander("Add labeled examples", expanded=not class_counts(project)):
     labels_csv = st.file_uploader("Labels CSV (optional)", type=["csv"], key="labels_csv")
     typed_class = st.text_input("Class of files without a folder or CSV label (optional)")
     if st.button("Add labeled images", disabled=not labeled_files):
-        files, problems = expand_uploads([(f.name, f.getvalue()) for f in labeled_files])
         csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
+        uploads = [(f.name, f) for f in labeled_files]
         with saved_or_reported():
-            report = ingest(project, files, "labeled", csv_labels, typed_class.strip() or None)
-        report.problems = problems + csv_problems + report.problems
+            report = ingest_uploads(project, uploads, "labeled", csv_labels, typed_class.strip() or None)
+        report.problems = csv_problems + report.problems
         show_report("Labeled", report)
 
 with st.expander("Add unlabeled images", expanded=not project.images("unlabeled")):
-    st.caption(
-        f"Many files or a zip (thousands of images), up to {st.get_option('server.maxUploadSize'):,} MB "
-        "per upload. Images stay on this machine."
-    )
+    st.caption(f"Many files or a zip (thousands of images). {UPLOAD_LIMITS} Images stay on this machine.")
     unlabeled_files = st.file_uploader(
         "Unlabeled images (files or zip)", accept_multiple_files=True, key="unlabeled_upload"
     )
     if st.button("Add unlabeled images", disabled=not unlabeled_files):
-        files, problems = expand_uploads([(f.name, f.getvalue()) for f in unlabeled_files])
         with saved_or_reported():
-            report = ingest(project, files, "unlabeled")
-        report.problems = problems + report.problems
+            report = ingest_uploads(project, [(f.name, f) for f in unlabeled_files], "unlabeled")
         show_report("Unlabeled", report)
 
 counts = class_counts(project)
