@@ -9,6 +9,7 @@ Layout under the data directory (`MSSL_DATA_DIR`, default `./data`):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -76,11 +77,12 @@ def keep_files_private() -> None:
     os.umask(0o077)
 
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a project database written by this code
+SCHEMA_VERSION = 2  # PRAGMA user_version of a project database written by this code
 # Each step takes a database from the version before to its own; version 0 is the layout of
 # every project made before versions were recorded (the tables of SCHEMA, no index).
 MIGRATIONS = {
     1: "CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id, id)",
+    2: "ALTER TABLE decisions ADD COLUMN user TEXT",  # the named user who decided (NULL: no log-in by name)
 }
 
 
@@ -170,11 +172,19 @@ class StoredImage:
     path: Path
 
 
-class LabelingProject:
-    """One named project on disk; every write is committed before the method returns."""
+_RECORD_DECISION = (
+    "INSERT INTO decisions (image_id, action, label, session, user, decided_at) VALUES (?,?,?,?,?,?)"
+)
 
-    def __init__(self, folder: Path):
+
+class LabelingProject:
+    """One named project on disk; every write is committed before the method returns. `user`:
+    who is logged in by name on this connection (None without named users), recorded with
+    every decision."""
+
+    def __init__(self, folder: Path, user: str | None = None):
         self.folder = folder
+        self.user = user
         self.images_dir = folder / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "project.sqlite", timeout=30, check_same_thread=False)
@@ -289,8 +299,8 @@ class LabelingProject:
                     "here; nothing was changed. Look at it again."
                 )
             db.execute(
-                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
-                (image_id, action, label, session, time.time()),
+                _RECORD_DECISION,
+                (image_id, action, label, session, self.user, time.time()),
             )
 
     def accept_all(self, labels: dict[int, str], session: str = "") -> None:
@@ -298,8 +308,8 @@ class LabelingProject:
         now = time.time()
         with self._saving(f"{len(labels)} accepted labels") as db:
             db.executemany(
-                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
-                [(image_id, "accept", label, session, now) for image_id, label in labels.items()],
+                _RECORD_DECISION,
+                [(image_id, "accept", label, session, self.user, now) for image_id, label in labels.items()],
             )
 
     def decision_of(self, image_id: int) -> tuple[str, str | None] | None:
@@ -336,11 +346,12 @@ class LabelingProject:
         return latest
 
     def audit_trail(self) -> list[dict]:
+        """Every decision in order: who (user, browser session), when, what, on which image."""
         rows = self.db.execute(
-            "SELECT d.id, d.image_id, i.name, d.action, d.label, d.session, d.decided_at "
+            "SELECT d.id, d.image_id, i.name, d.action, d.label, d.session, d.user, d.decided_at "
             "FROM decisions d JOIN images i ON i.id = d.image_id ORDER BY d.id"
         ).fetchall()
-        keys = ("id", "image_id", "image", "action", "label", "session", "decided_at")
+        keys = ("id", "image_id", "image", "action", "label", "session", "user", "decided_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
@@ -348,29 +359,66 @@ def project_folder(name: str) -> Path:
     return data_dir() / "projects" / slugify(name)
 
 
-def open_project(name: str, create: bool = True) -> LabelingProject:
-    """Open (or create) a project by name."""
+def open_project(name: str, create: bool = True, user: str | None = None) -> LabelingProject:
+    """Open (or create) a project by name; for a named `user`, only one they are a member of:
+    anyone else's is reported as not there at all."""
     folder = project_folder(name)
-    if not create and not (folder / "project.sqlite").exists():
+    exists = (folder / "project.sqlite").exists()
+    if (not create and not exists) or (exists and not may_open(name, user)):
         raise FileNotFoundError(f"no project named {name!r} in {data_dir()}")
-    return LabelingProject(folder)
+    return LabelingProject(folder, user)
 
 
-def create_project(name: str) -> LabelingProject:
-    """A new, empty project; refused if its folder exists already (names differing only in
-    case or punctuation share one)."""
+def create_project(name: str, owner: str | None = None) -> LabelingProject:
+    """A new, empty project, its `owner` (a named user) its only member; refused if its folder
+    exists already (names differing only in case or punctuation share one)."""
     folder = project_folder(name)
     if (folder / "project.sqlite").exists():
+        where = "open it from the list" if may_open(name, owner) else "it belongs to someone else"
         raise ValueError(
             f"a project '{folder.name}' already exists (names that differ only in case or punctuation "
-            "are the same project): open it from the list, or choose another name"
+            f"are the same project): {where}, or choose another name"
         )
-    return LabelingProject(folder)
+    project = LabelingProject(folder, owner)
+    if owner is not None:
+        set_members(name, [owner])
+    return project
 
 
-def list_projects() -> list[str]:
+def list_projects(user: str | None = None) -> list[str]:
+    """Every project's name, or only those a named `user` may open."""
     root = data_dir() / "projects"
-    return sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
+    names = sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
+    return [name for name in names if may_open(name, user)]
+
+
+def members(name: str) -> list[str]:
+    """The named users who may open the project. Empty: every user may (a project made before
+    there were named users, or without them)."""
+    try:
+        return json.loads((project_folder(name) / "members.json").read_text())
+    except FileNotFoundError:
+        return []
+
+
+def set_members(name: str, users: list[str]) -> None:
+    """Who may open the project from now on (its creator, and whoever they share it with)."""
+    folder = project_folder(name)
+    partial = folder / "members.json.part"
+    try:
+        _write_durably(partial, json.dumps(sorted(set(users))).encode())
+        partial.replace(folder / "members.json")
+        _sync_folder(folder)
+    except OSError as error:
+        raise storage_error("who may open the project", error, folder) from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def may_open(name: str, user: str | None) -> bool:
+    """Whether `user` may open the project (None: no named users, so whoever is logged in)."""
+    allowed = members(name)
+    return user is None or not allowed or user in allowed
 
 
 def delete_project(name: str, embeddings=None) -> None:

@@ -379,13 +379,22 @@ def _old_layout_project(name: str):
     return db
 
 
-def test_a_project_of_the_old_layout_is_migrated_and_keeps_everything():
-    _old_layout_project("old").close()
-    project = store.open_project("old", create=False)
+@pytest.mark.parametrize("version", [0, 1])  # before versions were recorded; before named users
+def test_a_project_of_an_older_layout_is_migrated_and_keeps_everything(version):
+    db = _old_layout_project("old")
+    for step in range(1, version + 1):
+        db.execute(store.MIGRATIONS[step])
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    project = store.open_project("old", create=False, user="alice")
     assert project.db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     indexes = {r[0] for r in project.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "decisions_by_image" in indexes
     assert project.current_decisions() == {1: ("accept", "x")} and project.image(1).name == "a.png"
+    project.decide(1, "correct", "y", session="s")  # the old decision has no user; a new one has
+    trail = [(t["user"], t["action"], t["label"], t["session"]) for t in project.audit_trail()]
+    assert trail == [(None, "accept", "x", "r"), ("alice", "correct", "y", "s")]
 
 
 def test_a_project_from_a_newer_version_is_refused_with_a_message():

@@ -4,10 +4,12 @@ import streamlit as st
 
 from mssl_core.images import ARCHIVE_LIMITS, read_label_csv
 from mssl_core.ingest import class_counts, ingest_uploads, load_demo
-from mssl_core.store import create_project, delete_project, list_projects, slugify
+from mssl_core.store import create_project, delete_project, list_projects, members, set_members, slugify
+from mssl_core.users import list_users
 from views.common import (
     close_project,
     current_project_name,
+    current_user,
     embedding_cache,
     forget_current_project,
     md,
@@ -21,7 +23,7 @@ from views.common import (
 require_unlocked()
 st.title("Project & upload")
 
-projects = list_projects()
+projects = list_projects(current_user())
 current = current_project_name()
 left, right = st.columns(2)
 with left:
@@ -36,7 +38,7 @@ with right:
         new_name = st.text_input("…or create a new one", placeholder="e.g. skin-lesions-pilot")
         if st.form_submit_button("Create project") and new_name:
             try:
-                create_project(new_name).close()
+                create_project(new_name, owner=current_user()).close()
                 set_current_project(slugify(new_name))
                 st.rerun()
             except ValueError as error:
@@ -112,6 +114,23 @@ if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:
     st.page_link("views/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")
+
+if current_user() is not None:
+    with st.expander("Who can open this project"):
+        shared = members(project.name)
+        st.caption(
+            "Only the people chosen here see this project."
+            if shared
+            else "Every user can open this project (it was made before there were named users)."
+        )
+        others = [user for user in list_users() if user != current_user()]
+        chosen = st.multiselect(
+            "Share with", others, default=[u for u in shared if u in others], format_func=md
+        )
+        if st.button("Save who can open it"):
+            with saved_or_reported():
+                set_members(project.name, [current_user(), *chosen])
+            st.toast(f"Saved: {len(chosen) + 1} people can open {md(project.name)}.")
 
 with st.expander("Delete this project"):
     st.caption(
