@@ -4,6 +4,7 @@ user, and projects that only their members can see or open."""
 
 from __future__ import annotations
 
+import csv
 import io
 import stat
 from pathlib import Path
@@ -13,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from mssl_core import store, users
 from mssl_core.__main__ import main
+from mssl_core.export import audit_trail_csv
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -75,6 +77,13 @@ def test_every_decision_records_the_user_who_made_it(alice_and_bob):
         ("bob", "accept", "dog"),
         ("bob", "correct", "dog"),
     ]
+    exported = list(csv.DictReader(io.StringIO(audit_trail_csv(trail).decode())))
+    assert [(r["user"], r["session"], r["image"], r["action"]) for r in exported] == [
+        ("alice", "tab-1", "x.png", "accept"),
+        ("bob", "tab-2", "y.png", "accept"),
+        ("bob", "tab-2", "x.png", "correct"),
+    ]
+    assert exported[0]["decided_at"].endswith("+00:00")
 
 
 def _log_in(app: AppTest, user: str, password: str) -> AppTest:
