@@ -308,3 +308,45 @@ def test_with_a_password_no_page_opens_without_it(tmp_path):
         process.terminate()
         process.wait(timeout=20)
     _assert_nothing_went_out(tmp_path)
+
+
+def test_a_named_user_logs_in_and_sees_only_their_own_projects(tmp_path, monkeypatch):
+    from mssl_core import store, users
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("MSSL_DATA_DIR", str(data))
+    users.add_user("alice", "alice's secret")
+    users.add_user("bob", "bob's secret!")
+    store.create_project("bob ward", owner="bob").close()
+    port = _free_port()
+    process = _start_server(data, port)
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            expect = playwright.expect
+            expect.set_options(timeout=120_000)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.get_by_label("User", exact=True).fill("alice")
+            page.get_by_label("Password", exact=True).fill("bob's secret!")
+            page.get_by_role("button", name="Open").click()
+            expect(page.get_by_text("Wrong user name or password.")).to_be_visible()
+            page.get_by_label("Password", exact=True).fill("alice's secret")
+            page.get_by_role("button", name="Open").click()
+            expect(page.get_by_text("Logged in as alice")).to_be_visible()
+            _go(page, "Project & upload")
+            page.get_by_label("…or create a new one").fill("alice ward")
+            page.get_by_role("button", name="Create project").click()
+            expect(page.get_by_text("Project: alice-ward")).to_be_visible()
+            page.get_by_label("Open a project").click()  # the list holds her project, not bob's
+            expect(page.get_by_role("option", name="alice-ward")).to_be_visible()
+            expect(page.get_by_role("option", name="bob-ward")).to_have_count(0)
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_label("User", exact=True)).to_be_visible()
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert store.members("alice ward") == ["alice"]
+    _assert_nothing_went_out(tmp_path)
