@@ -1,12 +1,12 @@
 """MSSL Label Assist — Streamlit entry point: navigation over the pages in `views/`, or only a
-password prompt while a configured password has not been given in this session."""
+log-in page while this session has not logged in (named users, or one configured password)."""
 
 from pathlib import Path
 
 import streamlit as st
 
 from mssl_core.store import keep_files_private
-from views.common import configured_password, locked, log_out, password_prompt
+from views.common import current_user, locked, log_out, login_required, md, password_prompt
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ICON = Path(__file__).parent / "assets" / "icon.svg"
@@ -15,10 +15,11 @@ keep_files_private()
 # An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
 st.set_page_config(page_title="MSSL Label Assist", page_icon=str(ICON), layout="wide")
 
-if st.get_option("server.address") not in LOOPBACK and configured_password() is None:
+if st.get_option("server.address") not in LOOPBACK and not login_required():
     st.error(
         "This app is reachable from other machines (server.address is not 127.0.0.1) but has no "
-        "password. Set MSSL_PASSWORD (or `password` in .streamlit/secrets.toml) and restart."
+        "password. Add users (`python -m mssl_core users add NAME`) or set MSSL_PASSWORD (or "
+        "`password` in .streamlit/secrets.toml), and restart."
     )
     st.stop()
 
@@ -36,9 +37,9 @@ else:
             st.Page("views/model.py", title="6 · Model", icon=":material/model_training:"),
         ]
     )
-    if configured_password() is not None and st.sidebar.button(
-        "Log out", icon=":material/logout:", key="log-out"
-    ):
+    if current_user() is not None:
+        st.sidebar.caption(f"Logged in as {md(current_user())}")
+    if login_required() and st.sidebar.button("Log out", icon=":material/logout:", key="log-out"):
         log_out()
         st.rerun()
 navigation.run()

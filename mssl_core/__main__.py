@@ -1,4 +1,5 @@
-"""Command line: `python -m mssl_core {label,simulate,train,evaluate,crossdomain,bench} ...` (see README.md)."""
+"""Command line: `python -m mssl_core {label,simulate,train,evaluate,crossdomain,bench,users} ...`
+(see README.md)."""
 
 from __future__ import annotations
 
@@ -161,6 +162,33 @@ def _simulate(args: argparse.Namespace) -> int:
         reached = "not reached" if actions is None else f"{actions} actions"
         print(f"{target:.0%} correct: {reached}")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    import getpass
+
+    from mssl_core.users import add_user, list_users, remove_user, users_file
+
+    try:
+        if args.action == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass(f"Password for {args.name}: ")
+                if getpass.getpass("The same password again: ") != password:
+                    _stderr("The two passwords differ; nothing was changed.")
+                    return 1
+            new = add_user(args.name, password)
+            _stderr(f"{'Added user' if new else 'Changed the password of'} {args.name} ({users_file()}).")
+        elif args.action == "remove":
+            remove_user(args.name)
+            _stderr(f"Removed user {args.name}; their decisions stay in the audit trail under their name.")
+        else:
+            print("\n".join(list_users()) or "No users: the app has no per-user log-in.")
+    except (ValueError, KeyError) as error:
+        _stderr(f"Nothing was changed: {error.args[0]}.")
+        return 1
     return 0
 
 
@@ -328,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         "--readapt-sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="cached embeddings"
     )
     bench.set_defaults(run=_bench)
+
+    users = commands.add_parser("users", help="the named users who may log in to the app")
+    actions = users.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user, or give one a new password (asked for, not shown)")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+    actions.add_parser("remove", help="remove a user").add_argument("name")
+    actions.add_parser("list", help="print the user names")
+    users.set_defaults(run=_users)
 
     args = parser.parse_args(argv)
     return args.run(args)

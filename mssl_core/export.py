@@ -13,6 +13,7 @@ import json
 import re
 import zipfile
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mssl_core.images import decode_image
@@ -63,12 +64,39 @@ def pseudonymised(rows: list[ExportRow]) -> list[ExportRow]:
 
 
 def to_csv(rows: list[ExportRow]) -> bytes:
+    return _spreadsheet_csv(
+        ["file", "label", "confidence", "status"],
+        [
+            [row.file, row.label, "" if row.confidence is None else f"{row.confidence:.4f}", row.status]
+            for row in rows
+        ],
+    )
+
+
+def audit_trail_csv(trail: list[dict]) -> bytes:
+    """A project's audit trail (`LabelingProject.audit_trail`), one decision a row: when (UTC,
+    ISO 8601), who (named user, browser session), on which image, what."""
+    return _spreadsheet_csv(
+        ["decided_at", "user", "session", "image", "action", "label"],
+        [
+            [
+                datetime.fromtimestamp(t["decided_at"], UTC).isoformat(timespec="seconds"),
+                t["user"] or "",
+                t["session"] or "",
+                t["image"],
+                t["action"],
+                t["label"] or "",
+            ]
+            for t in trail
+        ],
+    )
+
+
+def _spreadsheet_csv(header: list[str], rows: list[list[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["file", "label", "confidence", "status"])
-    for row in rows:
-        confidence = "" if row.confidence is None else f"{row.confidence:.4f}"
-        writer.writerow([spreadsheet_safe(row.file), spreadsheet_safe(row.label), confidence, row.status])
+    writer.writerow(header)
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
     return buffer.getvalue().encode("utf-8")
 
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import shutil
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mssl_core.dicom import DicomError, decode_dicom, is_dicom
+from mssl_core.store import CHUNK
 
 MAX_PIXELS = 100_000_000  # refuse larger images before decoding them (decompression bombs)
 MAX_SIDE = 1024  # larger images are downscaled while decoding; no backbone needs more
@@ -152,45 +156,81 @@ def class_folder_files(folder: Path) -> list[ImageFile]:
     return files
 
 
+# Per zip: members, bytes once unpacked (to disk, never to memory), and the largest believable
+# compression ratio of one member (a higher one is a zip bomb).
 ARCHIVE_LIMITS = {"members": 50_000, "total_bytes": 4 * 1024**3, "ratio": 200}
 
 
 @dataclass(frozen=True)
 class UploadedFile:
-    """An uploaded image (possibly from inside a zip); `label` from its class folder, if any."""
+    """An uploaded image (possibly from inside a zip): its bytes, or the file on disk holding
+    them; `label` from its class folder, if any."""
 
     name: str
-    content: bytes
+    content: bytes | Path
     label: str | None = None
 
 
+class _Unreadable(Exception):
+    """A zip member that cannot be read: damaged, encrypted, an unknown compression, or more
+    bytes than its header declares."""
+
+
+_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
 def expand_uploads(
-    items: list[tuple[str, bytes]],
+    items: list[tuple[str, BinaryIO]], folder: Path
 ) -> tuple[list[UploadedFile], list[tuple[str, str]]]:
-    """Files and zips -> image files (labelled by their parent folder inside a zip) and
-    (name, problem) for everything skipped. Zips are read in memory, never extracted by path."""
+    """Uploaded files and zips (name, readable stream) -> image files on disk in `folder`
+    (labelled by their parent folder inside a zip) and (name, problem) for everything skipped.
+    Each upload is copied to `folder` in chunks; a zip is read from there and its members are
+    unpacked one at a time, each under a numbered name (never a path taken from the zip)."""
     files: list[UploadedFile] = []
     problems: list[tuple[str, str]] = []
-    for name, content in items:
-        if not name.lower().endswith(".zip"):
-            files.append(UploadedFile(Path(name).name, content))
-            continue
-        try:
-            archive = zipfile.ZipFile(io.BytesIO(content))
-            members = [m for m in archive.infolist() if not m.is_dir()]
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError):
-            problems.append((name, "not a readable zip archive"))
-            continue
+    for number, (name, stream) in enumerate(items):
+        copy = folder / f"upload-{number}"
+        stream.seek(0)  # an upload read before (on an earlier rerun of the page) starts over
+        with copy.open("wb") as handle:
+            shutil.copyfileobj(stream, handle, CHUNK)
+        if name.lower().endswith(".zip"):
+            files += _unpack(name, copy, problems)
+        else:
+            files.append(UploadedFile(Path(name).name, copy))
+    return files, problems
+
+
+def _unpack(name: str, archive_path: Path, problems: list[tuple[str, str]]) -> list[UploadedFile]:
+    """The image members of the zip at `archive_path`, each unpacked beside it; what cannot be
+    used goes to `problems`."""
+    try:
+        archive = zipfile.ZipFile(archive_path)
+        members = [m for m in archive.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        problems.append((name, "not a readable zip archive"))
+        return []
+    files = []
+    with archive:
         if not members:
             problems.append((name, "the archive holds no files"))
-            continue
+            return []
         if len(members) > ARCHIVE_LIMITS["members"]:
             problems.append((name, f"more than {ARCHIVE_LIMITS['members']:,} files in the archive"))
-            continue
+            return []
         if sum(m.file_size for m in members) > ARCHIVE_LIMITS["total_bytes"]:
-            problems.append((name, "the archive unpacks to more than 4 GB"))
-            continue
-        for member in members:
+            problems.append(
+                (name, f"the archive unpacks to more than {ARCHIVE_LIMITS['total_bytes'] / 1024**3:g} GB")
+            )
+            return []
+        for number, member in enumerate(members):
             parts = Path(member.filename).parts
             shown = f"{name}/{member.filename}"
             if not parts:  # a member named "." or "./"
@@ -204,14 +244,40 @@ def expand_uploads(
             elif member.filename.lower().endswith(".zip"):
                 problems.append((shown, "archives inside archives are not opened; upload it separately"))
             else:
+                target = archive_path.with_name(f"{archive_path.name}-{number}")
                 try:
-                    data = archive.read(member)
-                except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError):
+                    _unpack_member(archive, member, target)
+                except _Unreadable:
+                    target.unlink(missing_ok=True)
                     problems.append((shown, "cannot be read from the archive (damaged or encrypted)"))
                     continue
                 label = parts[-2] if len(parts) >= 2 else None
-                files.append(UploadedFile(parts[-1], data, label))
-    return files, problems
+                files.append(UploadedFile(parts[-1], target, label))
+    return files
+
+
+def _unpack_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path) -> None:
+    """Stream one member to `target`, counting the bytes as they come out: more than the header
+    declares (which the size and ratio checks trusted) is _Unreadable. A failure to write (disk
+    full) is an OSError for the caller."""
+    try:
+        source = archive.open(member)
+    except _READ_ERRORS as error:
+        raise _Unreadable from error
+    written = 0
+    with source, target.open("wb") as handle:
+        while chunk := _read_chunk(source):
+            written += len(chunk)
+            if written > member.file_size:
+                raise _Unreadable
+            handle.write(chunk)
+
+
+def _read_chunk(source: BinaryIO) -> bytes:
+    try:
+        return source.read(CHUNK)
+    except _READ_ERRORS as error:
+        raise _Unreadable from error
 
 
 def read_label_csv(content: bytes) -> tuple[dict[str, str], list[tuple[str, str]]]:

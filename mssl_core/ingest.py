@@ -3,13 +3,15 @@ duplicates (same content) are counted once, and every skipped file is reported w
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from mssl_core.data.paths import REPO_ROOT
 from mssl_core.export import WINDOWS_RESERVED
-from mssl_core.images import ImageError, UploadedFile, decode_image, list_files
-from mssl_core.store import LabelingProject
+from mssl_core.images import ImageError, UploadedFile, decode_image, expand_uploads, list_files
+from mssl_core.store import LabelingProject, content_sha256, data_dir, storage_error
 
 DEMO_DIR = REPO_ROOT / "assets" / "demo"
 MAX_CLASS_NAME = 100
@@ -56,7 +58,7 @@ def ingest(
         except ImageError as error:
             report.problems.append((file.name, str(error)))
             continue
-        sha = hashlib.sha256(file.content).hexdigest()
+        sha = content_sha256(file.content)
         label = None
         if role == "labeled":
             label = (csv_labels or {}).get(file.name) or file.label or (default_label or None)
@@ -93,10 +95,31 @@ def ingest(
     return report
 
 
+def ingest_uploads(
+    project: LabelingProject,
+    uploads: list[tuple[str, BinaryIO]],
+    role: str,
+    csv_labels: dict[str, str] | None = None,
+    default_label: str | None = None,
+) -> IngestReport:
+    """`ingest` uploaded files and zips (name, stream). They pass through a temporary folder
+    beside the projects (the same disk, private, removed afterwards), copied and unpacked in
+    chunks, so neither an upload nor what a zip expands to is ever held whole in memory."""
+    data_dir().mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=data_dir()) as folder:
+            files, problems = expand_uploads(uploads, Path(folder))
+            report = ingest(project, files, role, csv_labels, default_label)
+    except OSError as error:  # the temporary copy: disk full, folder read-only
+        raise storage_error("the upload", error, data_dir()) from None
+    report.problems = problems + report.problems
+    return report
+
+
 def load_demo(project: LabelingProject) -> tuple[IngestReport, IngestReport]:
     """The bundled demo: a few labeled Fashion-MNIST items per class and an unlabeled batch."""
-    labeled = [UploadedFile(p.name, p.read_bytes(), p.parent.name) for p in list_files(DEMO_DIR / "labeled")]
-    unlabeled = [UploadedFile(p.name, p.read_bytes()) for p in list_files(DEMO_DIR / "unlabeled")]
+    labeled = [UploadedFile(p.name, p, p.parent.name) for p in list_files(DEMO_DIR / "labeled")]
+    unlabeled = [UploadedFile(p.name, p) for p in list_files(DEMO_DIR / "unlabeled")]
     return ingest(project, labeled, "labeled"), ingest(project, unlabeled, "unlabeled")
 
 

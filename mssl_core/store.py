@@ -9,6 +9,7 @@ Layout under the data directory (`MSSL_DATA_DIR`, default `./data`):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ CREATE TABLE IF NOT EXISTS label_changes (
     old_label TEXT,
     new_label TEXT NOT NULL,
     session TEXT,
+    user TEXT,
     changed_at REAL NOT NULL
 );
 """
@@ -84,11 +86,12 @@ def keep_files_private() -> None:
     os.umask(0o077)
 
 
-SCHEMA_VERSION = 1  # PRAGMA user_version of a project database written by this code
+SCHEMA_VERSION = 2  # PRAGMA user_version of a project database written by this code
 # Each step takes a database from the version before to its own; version 0 is the layout of
 # every project made before versions were recorded (the tables of SCHEMA, no index).
 MIGRATIONS = {
     1: "CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id, id)",
+    2: "ALTER TABLE decisions ADD COLUMN user TEXT",  # the named user who decided (NULL: no log-in by name)
 }
 
 
@@ -108,9 +111,24 @@ def migrate(db: sqlite3.Connection, folder: Path) -> None:
             db.execute(f"PRAGMA user_version = {step}")
 
 
-def _write_durably(path: Path, content: bytes) -> None:
+CHUNK = 1024 * 1024  # files are copied and hashed in pieces of this size, never read whole
+
+
+def content_sha256(content: bytes | Path) -> str:
+    """The SHA-256 of bytes, or of a file's content read in chunks."""
+    if isinstance(content, bytes):
+        return hashlib.sha256(content).hexdigest()
+    with content.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _write_durably(path: Path, content: bytes | Path) -> None:
     with path.open("wb") as handle:
-        handle.write(content)
+        if isinstance(content, bytes):
+            handle.write(content)
+        else:
+            with content.open("rb") as source:
+                shutil.copyfileobj(source, handle, CHUNK)
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -145,6 +163,14 @@ def _storage_problem(error: BaseException, folder: Path) -> str:
     return f"{folder} cannot be written ({error})"
 
 
+def storage_error(what: str, error: BaseException, folder: Path) -> StorageError:
+    """The StorageError for `what` failing to be saved in `folder` because of `error`."""
+    return StorageError(
+        f"Could not save {what}: {_storage_problem(error, folder)}. "
+        "Nothing was lost: everything saved before is intact. Free space or fix the folder, then retry."
+    )
+
+
 @dataclass(frozen=True)
 class StoredImage:
     id: int
@@ -155,11 +181,19 @@ class StoredImage:
     path: Path
 
 
-class LabelingProject:
-    """One named project on disk; every write is committed before the method returns."""
+_RECORD_DECISION = (
+    "INSERT INTO decisions (image_id, action, label, session, user, decided_at) VALUES (?,?,?,?,?,?)"
+)
 
-    def __init__(self, folder: Path):
+
+class LabelingProject:
+    """One named project on disk; every write is committed before the method returns. `user`:
+    who is logged in by name on this connection (None without named users), recorded with
+    every decision."""
+
+    def __init__(self, folder: Path, user: str | None = None):
         self.folder = folder
+        self.user = user
         self.images_dir = folder / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(folder / "project.sqlite", timeout=30, check_same_thread=False)
@@ -181,16 +215,14 @@ class LabelingProject:
             with self.db:
                 yield self.db
         except (sqlite3.OperationalError, OSError) as error:
-            raise StorageError(
-                f"Could not save {what}: {_storage_problem(error, self.folder)}. "
-                "Nothing was lost: everything saved before is intact. Free space or fix the folder, then retry."
-            ) from None
+            raise storage_error(what, error, self.folder) from None
 
     def add_image(
-        self, content: bytes, name: str, role: str, label: str | None = None
+        self, content: bytes | Path, name: str, role: str, label: str | None = None
     ) -> tuple[StoredImage, bool]:
-        """Store an image's bytes under its content hash; (image, False) if it was already there."""
-        sha = hashlib.sha256(content).hexdigest()
+        """Store an image (its bytes, or a file holding them, copied in chunks) under its content
+        hash; (image, False) if it was already there."""
+        sha = content_sha256(content)
         existing = self._image_where("sha256 = ? AND role = ?", (sha, role))
         if existing:
             return existing[0], False
@@ -276,8 +308,8 @@ class LabelingProject:
                     "here; nothing was changed. Look at it again."
                 )
             db.execute(
-                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
-                (image_id, action, label, session, time.time()),
+                _RECORD_DECISION,
+                (image_id, action, label, session, self.user, time.time()),
             )
 
     def accept_all(self, labels: dict[int, str], session: str = "") -> None:
@@ -285,8 +317,8 @@ class LabelingProject:
         now = time.time()
         with self._saving(f"{len(labels)} accepted labels") as db:
             db.executemany(
-                "INSERT INTO decisions (image_id, action, label, session, decided_at) VALUES (?,?,?,?,?)",
-                [(image_id, "accept", label, session, now) for image_id, label in labels.items()],
+                _RECORD_DECISION,
+                [(image_id, "accept", label, session, self.user, now) for image_id, label in labels.items()],
             )
 
     def decision_of(self, image_id: int) -> tuple[str, str | None] | None:
@@ -331,9 +363,9 @@ class LabelingProject:
         with self._saving(f"the label of {image.name}") as db:
             db.execute("UPDATE images SET label = ? WHERE id = ?", (label, image_id))
             db.execute(
-                "INSERT INTO label_changes (image_id, old_label, new_label, session, changed_at) "
-                "VALUES (?,?,?,?,?)",
-                (image_id, image.label, label, session, time.time()),
+                "INSERT INTO label_changes (image_id, old_label, new_label, session, user, changed_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (image_id, image.label, label, session, self.user, time.time()),
             )
 
     def confirmed_labels(self) -> set[int]:
@@ -345,11 +377,16 @@ class LabelingProject:
         return {image_id for (image_id,) in rows}
 
     def audit_trail(self) -> list[dict]:
+        """Every decision in order: who (user, browser session), when, what, on which image; a
+        labeled example's label set or confirmed after a flag is a `relabel`."""
         rows = self.db.execute(
-            "SELECT d.id, d.image_id, i.name, d.action, d.label, d.session, d.decided_at "
-            "FROM decisions d JOIN images i ON i.id = d.image_id ORDER BY d.id"
+            "SELECT * FROM ("
+            "SELECT d.id, d.image_id, i.name, d.action, d.label, d.session, d.user, d.decided_at "
+            "FROM decisions d JOIN images i ON i.id = d.image_id UNION ALL "
+            "SELECT c.id, c.image_id, i.name, 'relabel', c.new_label, c.session, c.user, c.changed_at "
+            "FROM label_changes c JOIN images i ON i.id = c.image_id) ORDER BY 8, 1"
         ).fetchall()
-        keys = ("id", "image_id", "image", "action", "label", "session", "decided_at")
+        keys = ("id", "image_id", "image", "action", "label", "session", "user", "decided_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
@@ -357,29 +394,66 @@ def project_folder(name: str) -> Path:
     return data_dir() / "projects" / slugify(name)
 
 
-def open_project(name: str, create: bool = True) -> LabelingProject:
-    """Open (or create) a project by name."""
+def open_project(name: str, create: bool = True, user: str | None = None) -> LabelingProject:
+    """Open (or create) a project by name; for a named `user`, only one they are a member of:
+    anyone else's is reported as not there at all."""
     folder = project_folder(name)
-    if not create and not (folder / "project.sqlite").exists():
+    exists = (folder / "project.sqlite").exists()
+    if (not create and not exists) or (exists and not may_open(name, user)):
         raise FileNotFoundError(f"no project named {name!r} in {data_dir()}")
-    return LabelingProject(folder)
+    return LabelingProject(folder, user)
 
 
-def create_project(name: str) -> LabelingProject:
-    """A new, empty project; refused if its folder exists already (names differing only in
-    case or punctuation share one)."""
+def create_project(name: str, owner: str | None = None) -> LabelingProject:
+    """A new, empty project, its `owner` (a named user) its only member; refused if its folder
+    exists already (names differing only in case or punctuation share one)."""
     folder = project_folder(name)
     if (folder / "project.sqlite").exists():
+        where = "open it from the list" if may_open(name, owner) else "it belongs to someone else"
         raise ValueError(
             f"a project '{folder.name}' already exists (names that differ only in case or punctuation "
-            "are the same project): open it from the list, or choose another name"
+            f"are the same project): {where}, or choose another name"
         )
-    return LabelingProject(folder)
+    project = LabelingProject(folder, owner)
+    if owner is not None:
+        set_members(name, [owner])
+    return project
 
 
-def list_projects() -> list[str]:
+def list_projects(user: str | None = None) -> list[str]:
+    """Every project's name, or only those a named `user` may open."""
     root = data_dir() / "projects"
-    return sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
+    names = sorted(p.name for p in root.glob("*") if (p / "project.sqlite").exists())
+    return [name for name in names if may_open(name, user)]
+
+
+def members(name: str) -> list[str]:
+    """The named users who may open the project. Empty: every user may (a project made before
+    there were named users, or without them)."""
+    try:
+        return json.loads((project_folder(name) / "members.json").read_text())
+    except FileNotFoundError:
+        return []
+
+
+def set_members(name: str, users: list[str]) -> None:
+    """Who may open the project from now on (its creator, and whoever they share it with)."""
+    folder = project_folder(name)
+    partial = folder / "members.json.part"
+    try:
+        _write_durably(partial, json.dumps(sorted(set(users))).encode())
+        partial.replace(folder / "members.json")
+        _sync_folder(folder)
+    except OSError as error:
+        raise storage_error("who may open the project", error, folder) from None
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def may_open(name: str, user: str | None) -> bool:
+    """Whether `user` may open the project (None: no named users, so whoever is logged in)."""
+    allowed = members(name)
+    return user is None or not allowed or user in allowed
 
 
 def delete_project(name: str, embeddings=None) -> None:

@@ -18,7 +18,7 @@ from mssl_core import store
 from mssl_core.__main__ import main
 from mssl_core.export import to_class_folders_zip, to_csv, to_label_studio
 from mssl_core.images import ImageError, UploadedFile, decode_image, expand_uploads, read_label_csv
-from mssl_core.ingest import ingest
+from mssl_core.ingest import ingest, ingest_uploads
 from mssl_core.pseudo_label import export_rows
 
 CASES = cases()
@@ -77,9 +77,8 @@ def test_upload_path_adds_the_good_files_and_names_each_bad_one(project):
     with zipfile.ZipFile(archive, "w") as zipped:
         for case in CASES:
             zipped.writestr(f"batch/{case.name}", case.content)
-    files, problems = expand_uploads([("batch.zip", archive.getvalue())])
-    report = ingest(project, files, "unlabeled")
-    reasons = dict(problems + report.problems)
+    report = ingest_uploads(project, [("batch.zip", archive)], "unlabeled")
+    reasons = dict(report.problems)
     assert report.added == sum(c.good for c in CASES)
     for case in CASES:
         if not case.good:
@@ -107,7 +106,7 @@ def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
     return buffer.getvalue()
 
 
-def test_archives_refuse_traversal_bombs_and_nesting_and_skip_hidden_files():
+def test_archives_refuse_traversal_bombs_and_nesting_and_skip_hidden_files(tmp_path):
     png = encoded(decode_image(CASES[-5].content), "PNG")
     hostile = _zip(
         {
@@ -120,7 +119,9 @@ def test_archives_refuse_traversal_bombs_and_nesting_and_skip_hidden_files():
             "ok/.hidden.png": png,
         }
     )
-    files, problems = expand_uploads([("hostile.zip", hostile), ("empty.zip", _zip({}))])
+    files, problems = expand_uploads(
+        [("hostile.zip", io.BytesIO(hostile)), ("empty.zip", io.BytesIO(_zip({})))], tmp_path
+    )
     reasons = dict(problems)
     assert [(f.name, f.label) for f in files] == [("1.png", "cat")]
     assert "unsafe path" in reasons["hostile.zip/../../etc/evil.png"]

@@ -54,7 +54,7 @@ def test_folders_skip_hidden_and_macosx(tmp_path):
     ]
 
 
-def test_a_zip_member_without_a_file_name_is_reported_not_a_crash():
+def test_a_zip_member_without_a_file_name_is_reported_not_a_crash(tmp_path):
     import io
     import zipfile
 
@@ -64,6 +64,6 @@ def test_a_zip_member_without_a_file_name_is_reported_not_a_crash():
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(".", b"")  # found by the fuzz test: Path(".").parts is empty
         archive.writestr("cats/a.png", b"png bytes")
-    files, problems = expand_uploads([("odd.zip", buffer.getvalue())])
+    files, problems = expand_uploads([("odd.zip", buffer)], tmp_path)
     assert [(f.name, f.label) for f in files] == [("a.png", "cats")]
     assert problems == [("odd.zip/.", "has no file name inside the archive; skipped")]

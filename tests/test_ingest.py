@@ -23,7 +23,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def test_zip_class_folders_are_labels_and_unsafe_members_are_reported():
+def test_zip_class_folders_are_labels_and_unsafe_members_are_reported(tmp_path):
     archive = _zip(
         {
             "set/cat/1.png": _png(10),
@@ -34,12 +34,15 @@ def test_zip_class_folders_are_labels_and_unsafe_members_are_reported():
             "inner.zip": _zip({"a.png": _png(40)}),
         }
     )
-    files, problems = expand_uploads([("batch.zip", archive), ("loose.png", _png(50))])
+    files, problems = expand_uploads(
+        [("batch.zip", io.BytesIO(archive)), ("loose.png", io.BytesIO(_png(50)))], tmp_path
+    )
     assert [(f.name, f.label) for f in files] == [("1.png", "cat"), ("2.png", "dog"), ("loose.png", None)]
     reasons = dict(problems)
     assert "unsafe path" in reasons["batch.zip/../evil.png"]
     assert "archives inside archives" in reasons["batch.zip/inner.zip"]
-    assert expand_uploads([("broken.zip", b"not a zip")])[1] == [("broken.zip", "not a readable zip archive")]
+    broken = expand_uploads([("broken.zip", io.BytesIO(b"not a zip"))], tmp_path)[1]
+    assert broken == [("broken.zip", "not a readable zip archive")]
 
 
 def test_label_csv_with_bom_semicolons_and_blank_labels():

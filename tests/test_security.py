@@ -379,13 +379,22 @@ def _old_layout_project(name: str):
     return db
 
 
-def test_a_project_of_the_old_layout_is_migrated_and_keeps_everything():
-    _old_layout_project("old").close()
-    project = store.open_project("old", create=False)
+@pytest.mark.parametrize("version", [0, 1])  # before versions were recorded; before named users
+def test_a_project_of_an_older_layout_is_migrated_and_keeps_everything(version):
+    db = _old_layout_project("old")
+    for step in range(1, version + 1):
+        db.execute(store.MIGRATIONS[step])
+    db.execute(f"PRAGMA user_version = {version}")
+    db.commit()
+    db.close()
+    project = store.open_project("old", create=False, user="alice")
     assert project.db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     indexes = {r[0] for r in project.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "decisions_by_image" in indexes
     assert project.current_decisions() == {1: ("accept", "x")} and project.image(1).name == "a.png"
+    project.decide(1, "correct", "y", session="s")  # the old decision has no user; a new one has
+    trail = [(t["user"], t["action"], t["label"], t["session"]) for t in project.audit_trail()]
+    assert trail == [(None, "accept", "x", "r"), ("alice", "correct", "y", "s")]
 
 
 def test_a_project_from_a_newer_version_is_refused_with_a_message():
@@ -459,3 +468,39 @@ def test_labeling_goes_on_and_says_so_when_the_cache_cannot_be_written(shape_fol
     )
     assert sum(1 for row in result.rows if row.label) == len(truth)
     assert any("disk is full" in line for line in said)
+
+
+def test_a_zip_is_unpacked_to_disk_a_member_at_a_time_never_into_memory(project, tmp_path):
+    """32 MB of images in a 2 MB zip: before, the upload and every unpacked member were held in
+    memory at once (peak above 32 MB); now the peak stays a few chunks."""
+    import tracemalloc
+
+    from mssl_core.ingest import ingest_uploads
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "batch.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(16):  # sparse noise: 2 MB bitmaps that deflate 16:1, below the bomb ratio
+            buffer = io.BytesIO()
+            Image.fromarray((rng.random((1024, 2048)) < 0.05).astype(np.uint8) * 255).save(buffer, "BMP")
+            archive.writestr(f"batch/{i}.bmp", buffer.getvalue())
+    unpacked = sum(member.file_size for member in zipfile.ZipFile(path).infolist())
+    tracemalloc.start()
+    try:
+        with path.open("rb") as upload:
+            report = ingest_uploads(project, [("batch.zip", upload)], "unlabeled")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.added == 16 and not report.problems
+    assert unpacked > 32_000_000 and peak < 8_000_000, peak
+    assert not list(store.data_dir().glob("upload-*"))  # the temporary copies are gone
+
+
+def test_the_upload_page_states_the_size_limits(project):
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.session_state["project"] = project.name
+    app.run()
+    app.switch_page("views/upload.py").run()
+    captions = " ".join(c.value for c in app.caption)
+    assert "up to 1,024 MB" in captions and "4 GB once unpacked" in captions

@@ -120,3 +120,22 @@ def test_deleting_a_project_removes_its_files_rows_and_unshared_embeddings(tmp_p
     assert not folder.exists() and store.list_projects() == ["keeper"]
     assert set(cache.get_many("conv4:x", [mine.sha256, shared.sha256])) == {shared.sha256}
     assert [i.name for i in keeper.images()] == ["b.png"]
+
+
+def test_a_labeled_example_relabeled_or_confirmed_is_in_the_audit_trail_and_not_flagged_again(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path))
+    project = store.open_project("relabel")
+    image, _ = project.add_image(b"\x89PNG one", "a.png", "labeled", "cat")
+    other, _ = project.add_image(b"\x89PNG two", "b.png", "labeled", "dog")
+    project.relabel(image.id, "dog", session="s1")
+    project.relabel(other.id, "dog", session="s1")  # kept as it was
+    reopened = store.open_project("relabel", create=False)
+    assert reopened.image(image.id).label == "dog"
+    assert reopened.confirmed_labels() == {image.id, other.id}
+    trail = [(t["image"], t["action"], t["label"]) for t in reopened.audit_trail()]
+    assert trail == [("a.png", "relabel", "dog"), ("b.png", "relabel", "dog")]
+    with pytest.raises(ValueError, match="not a labeled image"):
+        unlabeled, _ = reopened.add_image(b"\x89PNG three", "c.png", "unlabeled")
+        reopened.relabel(unlabeled.id, "cat")

@@ -24,6 +24,7 @@ from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
 from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
 from mssl_core.store import LabelingProject, StorageError, data_dir, open_project
+from mssl_core.users import list_users, password_is_right
 
 
 def configured_password() -> str | None:
@@ -35,6 +36,16 @@ def configured_password() -> str | None:
         return st.secrets.get("password") or None
     except FileNotFoundError:  # no secrets file at all
         return None
+
+
+def login_required() -> bool:
+    """Named users exist (`python -m mssl_core users add`), or one password is configured."""
+    return bool(list_users()) or configured_password() is not None
+
+
+def current_user() -> str | None:
+    """The named user logged in to this session; None without named users."""
+    return st.session_state.get("user")
 
 
 IDLE_MINUTES = float(os.environ.get("MSSL_IDLE_MINUTES", "30"))  # then the password is asked again
@@ -73,12 +84,14 @@ def login_throttle() -> LoginThrottle:
 
 
 def locked() -> bool:
-    """A password is configured and this session has not given it, or has been idle for longer
-    than IDLE_MINUTES (then it is logged out)."""
-    if configured_password() is None:
+    """A log-in is required and this session has not logged in, has been idle for longer than
+    IDLE_MINUTES, or its named user has been removed since (then it is logged out)."""
+    if not login_required():
         return False
     last_seen = st.session_state.get("last_seen", 0.0)
     if st.session_state.get("authenticated") and time.monotonic() - last_seen > IDLE_MINUTES * 60:
+        log_out()
+    if current_user() is not None and current_user() not in list_users():
         log_out()
     if st.session_state.get("authenticated"):
         st.session_state["last_seen"] = time.monotonic()
@@ -88,7 +101,7 @@ def locked() -> bool:
 
 def log_out() -> None:
     """Forget this session's log-in and the project it had open."""
-    for key in ("authenticated", "last_seen", "project"):
+    for key in ("authenticated", "user", "last_seen", "project"):
         st.session_state.pop(key, None)
     st.query_params.pop("project", None)
     if held := st.session_state.pop("connection", None):
@@ -104,9 +117,12 @@ def require_unlocked() -> None:
 
 
 def password_prompt() -> None:
-    """The log-in page: the right password unlocks every page for this browser session."""
+    """The log-in page: a named user and their password (when there are named users), else the
+    one password, unlocks every page for this browser session."""
     st.title("MSSL Label Assist")
+    by_name = bool(list_users())
     with st.form("login"):
+        user = st.text_input("User", autocomplete="username") if by_name else None
         given = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Open")
     if not submitted:
@@ -114,14 +130,19 @@ def password_prompt() -> None:
     throttle = login_throttle()
     if wait := throttle.seconds_left():
         st.error(f"Too many wrong passwords: try again in {wait:.0f} s.")
-    elif hmac.compare_digest(given.encode(), configured_password().encode()):
+    elif password_is_right(user.strip(), given) if by_name else _is_the_password(given):
         throttle.succeeded()
         st.session_state["authenticated"] = True
+        st.session_state["user"] = user.strip() if by_name else None
         st.session_state["last_seen"] = time.monotonic()
         st.rerun()
     else:
         throttle.failed()
-        st.error("Wrong password.")
+        st.error("Wrong user name or password." if by_name else "Wrong password.")
+
+
+def _is_the_password(given: str) -> bool:
+    return hmac.compare_digest(given.encode(), configured_password().encode())
 
 
 @contextmanager
@@ -229,12 +250,12 @@ def close_project(project: LabelingProject) -> None:
 def session_project(name: str) -> LabelingProject:
     """This browser session's own connection to the project. Never one shared by sessions: a
     transaction one of them rolls back must not take another's committed decision with it."""
-    key = (str(data_dir()), name)
+    key = (str(data_dir()), name, current_user())
     held = st.session_state.get("connection")
     if held is None or held[0] != key:
         if held is not None:
             held[1].close()
-        st.session_state["connection"] = (key, open_project(name, create=False))
+        st.session_state["connection"] = (key, open_project(name, create=False, user=current_user()))
     return st.session_state["connection"][1]
 
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from mssl_core.export import pseudonymised, to_class_folders_zip, to_csv, to_label_studio
+from mssl_core.export import audit_trail_csv, pseudonymised, to_class_folders_zip, to_csv, to_label_studio
 from mssl_core.pseudo_label import export_rows
 from views.common import download_button, require_project, require_unlocked
 
@@ -31,7 +31,9 @@ for row in rows:
     statuses[row.status] = statuses.get(row.status, 0) + 1
 st.write(f"**{len(rows)} images**: " + ", ".join(f"{n} {s}" for s, n in statuses.items()))
 
-csv_tab, studio_tab, folders_tab = st.tabs(["CSV", "Label Studio", "Class folders (zip)"])
+csv_tab, studio_tab, folders_tab, audit_tab = st.tabs(
+    ["CSV", "Label Studio", "Class folders (zip)", "Audit trail"]
+)
 with csv_tab:
     csv_bytes = to_csv(rows) if rows else b""
     download_button("Download CSV", csv_bytes, f"{project.name}-labels.csv", "text/csv", key="csv")
@@ -48,3 +50,16 @@ with folders_tab:
     if st.button("Build zip", disabled=not rows):
         zipped = to_class_folders_zip(rows)
         download_button("Download zip", zipped, f"{project.name}-images.zip", "application/zip", key="zip")
+with audit_tab:
+    st.caption(
+        "Every decision on this project: when (UTC), by whom (user and browser tab), on which image "
+        "(original file names, never pseudonyms) and what. For your records, not for sharing."
+    )
+    trail = project.audit_trail()
+    download_button(
+        "Download audit trail (CSV)",
+        audit_trail_csv(trail) if trail else b"",
+        f"{project.name}-audit-trail.csv",
+        "text/csv",
+        key="audit",
+    )

@@ -2,14 +2,16 @@
 
 import streamlit as st
 
-from mssl_core.images import expand_uploads, read_label_csv
-from mssl_core.ingest import class_counts, ingest, load_demo
-from mssl_core.store import create_project, delete_project, list_projects, slugify
+from mssl_core.images import ARCHIVE_LIMITS, read_label_csv
+from mssl_core.ingest import class_counts, ingest_uploads, load_demo
+from mssl_core.store import create_project, delete_project, list_projects, members, set_members, slugify
+from mssl_core.users import list_users
 from views.common import (
     browser_session,
     close_project,
     current_predictions,
     current_project_name,
+    current_user,
     embedding_cache,
     forget_current_project,
     labels_to_check,
@@ -24,7 +26,7 @@ from views.common import (
 require_unlocked()
 st.title("Project & upload")
 
-projects = list_projects()
+projects = list_projects(current_user())
 current = current_project_name()
 left, right = st.columns(2)
 with left:
@@ -39,7 +41,7 @@ with right:
         new_name = st.text_input("…or create a new one", placeholder="e.g. skin-lesions-pilot")
         if st.form_submit_button("Create project") and new_name:
             try:
-                create_project(new_name).close()
+                create_project(new_name, owner=current_user()).close()
                 set_current_project(slugify(new_name))
                 st.rerun()
             except ValueError as error:
@@ -67,10 +69,16 @@ if st.button("Load demo data", help="Five kinds of clothing: 5 labeled examples 
     show_report("Labeled", labeled)
     show_report("Unlabeled", unlabeled)
 
+# Streamlit refuses a larger file before it reaches us; the unpacked limit is ours (zip bombs).
+UPLOAD_LIMITS = (
+    f"Each file or zip can be up to {st.get_option('server.maxUploadSize'):,} MB, and a zip can hold "
+    f"up to {ARCHIVE_LIMITS['total_bytes'] / 1024**3:g} GB once unpacked."
+)
+
 with st.expander("Add labeled examples", expanded=not class_counts(project)):
     st.caption(
         "A zip with one folder per class, or image files plus a CSV (`file,label`), "
-        "or image files and a class name typed below."
+        f"or image files and a class name typed below. {UPLOAD_LIMITS}"
     )
     labeled_files = st.file_uploader(
         "Labeled images (files or zip)", accept_multiple_files=True, key="labeled_upload"
@@ -78,26 +86,21 @@ with st.expander("Add labeled examples", expanded=not class_counts(project)):
     labels_csv = st.file_uploader("Labels CSV (optional)", type=["csv"], key="labels_csv")
     typed_class = st.text_input("Class of files without a folder or CSV label (optional)")
     if st.button("Add labeled images", disabled=not labeled_files):
-        files, problems = expand_uploads([(f.name, f.getvalue()) for f in labeled_files])
         csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
+        uploads = [(f.name, f) for f in labeled_files]
         with saved_or_reported():
-            report = ingest(project, files, "labeled", csv_labels, typed_class.strip() or None)
-        report.problems = problems + csv_problems + report.problems
+            report = ingest_uploads(project, uploads, "labeled", csv_labels, typed_class.strip() or None)
+        report.problems = csv_problems + report.problems
         show_report("Labeled", report)
 
 with st.expander("Add unlabeled images", expanded=not project.images("unlabeled")):
-    st.caption(
-        f"Many files or a zip (thousands of images), up to {st.get_option('server.maxUploadSize'):,} MB "
-        "per upload. Images stay on this machine."
-    )
+    st.caption(f"Many files or a zip (thousands of images). {UPLOAD_LIMITS} Images stay on this machine.")
     unlabeled_files = st.file_uploader(
         "Unlabeled images (files or zip)", accept_multiple_files=True, key="unlabeled_upload"
     )
     if st.button("Add unlabeled images", disabled=not unlabeled_files):
-        files, problems = expand_uploads([(f.name, f.getvalue()) for f in unlabeled_files])
         with saved_or_reported():
-            report = ingest(project, files, "unlabeled")
-        report.problems = problems + report.problems
+            report = ingest_uploads(project, [(f.name, f) for f in unlabeled_files], "unlabeled")
         show_report("Unlabeled", report)
 
 counts = class_counts(project)
@@ -116,6 +119,23 @@ if len(counts) == 1:
     st.warning("Add a second class: telling classes apart needs at least two.")
 if len(counts) >= 2 and unlabeled_images:
     st.page_link("views/pseudo_label.py", label="Next: pseudo-label the batch", icon=":material/arrow_forward:")
+
+if current_user() is not None:
+    with st.expander("Who can open this project"):
+        shared = members(project.name)
+        st.caption(
+            "Only the people chosen here see this project."
+            if shared
+            else "Every user can open this project (it was made before there were named users)."
+        )
+        others = [user for user in list_users() if user != current_user()]
+        chosen = st.multiselect(
+            "Share with", others, default=[u for u in shared if u in others], format_func=md
+        )
+        if st.button("Save who can open it"):
+            with saved_or_reported():
+                set_members(project.name, [current_user(), *chosen])
+            st.toast(f"Saved: {len(chosen) + 1} people can open {md(project.name)}.")
 
 with st.expander("Delete this project"):
     st.caption(

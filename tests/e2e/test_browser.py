@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -263,48 +265,83 @@ def test_review_is_shared_across_sessions_and_survives_a_killed_server(tmp_path,
     _assert_nothing_went_out(tmp_path)
 
 
-def test_with_a_password_no_page_opens_without_it(tmp_path):
+@contextmanager
+def _logged_out_page(tmp_path: Path, **extra_env: str) -> Iterator[tuple[str, playwright.Page]]:
+    """A server on tmp_path/data (with `extra_env`) and a fresh browser page; afterwards, both
+    are stopped and nothing may have gone off the machine."""
     port = _free_port()
-    process = _start_server(tmp_path / "data", port, MSSL_PASSWORD="correct horse")
+    process = _start_server(tmp_path / "data", port, **extra_env)
     try:
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page()
-            expect = playwright.expect
-            expect.set_options(timeout=120_000)
-            page.goto(f"http://127.0.0.1:{port}/model")  # a deep link is no way around it
-            expect(page.get_by_text("Page not found")).to_be_visible()
-            page.keyboard.press("Escape")
-            expect(page.get_by_label("Password", exact=True)).to_be_visible()
-            expect(page.get_by_role("heading", name="The model")).to_have_count(0)
-            page.get_by_label("Password", exact=True).fill("wrong")
-            page.get_by_role("button", name="Open").click()
-            expect(page.get_by_text("Wrong password.")).to_be_visible()
-            page.get_by_label("Password", exact=True).fill("correct horse")
-            page.get_by_role("button", name="Open").click()
-            _go(page, "Model")
-            expect(page.get_by_role("heading", name="The model")).to_be_visible()
-
-            # logged in, the images a page shows reach no one else: none is served at a URL
-            requested: list[str] = []
-            page.on("request", lambda request: requested.append(request.url))
-            _go(page, "Project & upload")
-            page.get_by_label("…or create a new one").fill("private")
-            page.get_by_role("button", name="Create project").click()
-            page.get_by_role("button", name="Load demo data").click()
-            expect(page.get_by_text("300 added")).to_be_visible()
-            _wait_for_images(page)
-            sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
-            assert sources and all(s.startswith("data:image/") for s in sources), sources[:3]
-            outside = [
-                u for u in requested if not u.startswith((f"http://127.0.0.1:{port}/", "data:", "blob:"))
-            ]
-            assert not outside, outside[:3]
-
-            page.get_by_role("button", name="Log out").click()
-            expect(page.get_by_label("Password", exact=True)).to_be_visible()
+            playwright.expect.set_options(timeout=120_000)
+            yield f"http://127.0.0.1:{port}", browser.new_page()
             browser.close()
     finally:
         process.terminate()
         process.wait(timeout=20)
     _assert_nothing_went_out(tmp_path)
+
+
+def test_with_a_password_no_page_opens_without_it(tmp_path):
+    with _logged_out_page(tmp_path, MSSL_PASSWORD="correct horse") as (server, page):
+        expect = playwright.expect
+        page.goto(f"{server}/model")  # a deep link is no way around it
+        expect(page.get_by_text("Page not found")).to_be_visible()
+        page.keyboard.press("Escape")
+        expect(page.get_by_label("Password", exact=True)).to_be_visible()
+        expect(page.get_by_role("heading", name="The model")).to_have_count(0)
+        page.get_by_label("Password", exact=True).fill("wrong")
+        page.get_by_role("button", name="Open").click()
+        expect(page.get_by_text("Wrong password.")).to_be_visible()
+        page.get_by_label("Password", exact=True).fill("correct horse")
+        page.get_by_role("button", name="Open").click()
+        _go(page, "Model")
+        expect(page.get_by_role("heading", name="The model")).to_be_visible()
+
+        # logged in, the images a page shows reach no one else: none is served at a URL
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
+        _go(page, "Project & upload")
+        page.get_by_label("…or create a new one").fill("private")
+        page.get_by_role("button", name="Create project").click()
+        page.get_by_role("button", name="Load demo data").click()
+        expect(page.get_by_text("300 added")).to_be_visible()
+        _wait_for_images(page)
+        sources = page.eval_on_selector_all("img", "images => images.map(i => i.src)")
+        assert sources and all(s.startswith("data:image/") for s in sources), sources[:3]
+        outside = [u for u in requested if not u.startswith((f"{server}/", "data:", "blob:"))]
+        assert not outside, outside[:3]
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page.get_by_label("Password", exact=True)).to_be_visible()
+
+
+def test_a_named_user_logs_in_and_sees_only_their_own_projects(tmp_path, monkeypatch):
+    from mssl_core import store, users
+
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))
+    users.add_user("alice", "alice's secret")
+    users.add_user("bob", "bob's secret!")
+    store.create_project("bob ward", owner="bob").close()
+    with _logged_out_page(tmp_path) as (server, page):
+        expect = playwright.expect
+        page.goto(server)
+        page.get_by_label("User", exact=True).fill("alice")
+        page.get_by_label("Password", exact=True).fill("bob's secret!")
+        page.get_by_role("button", name="Open").click()
+        expect(page.get_by_text("Wrong user name or password.")).to_be_visible()
+        page.get_by_label("Password", exact=True).fill("alice's secret")
+        page.get_by_role("button", name="Open").click()
+        expect(page.get_by_text("Logged in as alice")).to_be_visible()
+        _go(page, "Project & upload")
+        page.get_by_label("…or create a new one").fill("alice ward")
+        page.get_by_role("button", name="Create project").click()
+        expect(page.get_by_text("Project: alice-ward")).to_be_visible()
+        page.get_by_label("Open a project").click()  # the list holds her project, not bob's
+        expect(page.get_by_role("option", name="alice-ward")).to_be_visible()
+        expect(page.get_by_role("option", name="bob-ward")).to_have_count(0)
+        page.keyboard.press("Escape")
+        page.get_by_role("button", name="Log out").click()
+        expect(page.get_by_label("User", exact=True)).to_be_visible()
+    assert store.members("alice ward") == ["alice"]
