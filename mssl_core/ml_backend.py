@@ -372,4 +372,8 @@ def serve(host: str = "127.0.0.1", port: int = 9090) -> None:
             "(Label Studio sends it as the basic-auth password of the model connection)."
         )
     backend = MLBackend(LabelStudioClient.from_environment())
+    # the model is loaded before serving: Label Studio gives a webhook one second to answer
+    log.warning(
+        "serving %s on http://%s:%d for Label Studio at %s", backend.model.name, host, port, backend.client.url
+    )
     uvicorn.run(create_app(backend, token), host=host, port=port, log_level="warning")
