@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import httpx2
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+from streamlit.testing.v1 import AppTest
 
+from mssl_core import store
 from mssl_core.label_studio import LabelStudioClient, LabelStudioError, label_studio_labels, parse_label_config
 from mssl_core.ml_backend import MLBackend, create_app
 from tests.conftest import SHAPES, draw_shape
@@ -203,3 +206,29 @@ def test_a_label_studio_export_gives_labels_by_uploaded_file_name():
     assert labels == {"cat 1.png": "cat", "dog.png": "dog"}
     assert problems == [("task 5", "has no image")]
     assert label_studio_labels(b"{}", [])[1][0][1].startswith("is not a list of tasks")
+
+
+@pytest.mark.usefixtures("refuse_outbound")
+def test_the_upload_page_takes_a_label_studio_export_as_labels(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    store.open_project("ls").close()
+    app = AppTest.from_file(str(repo / "app.py"), default_timeout=120)
+    app.session_state["project"] = "ls"
+    app.switch_page("views/upload.py").run()
+    files = [
+        p for p in sorted((repo / "assets" / "demo" / "labeled").rglob("*.png")) if p.parent.name != "dress"
+    ]
+    app.get("file_uploader")[0].set_value([(p.name, p.read_bytes(), "image/png") for p in files]).run()
+    tasks = [
+        {
+            "id": n,
+            "data": {"image": f"/data/upload/1/0123abcd-{p.name}"},
+            "annotations": [annotation(n, n, p.parent.name)],
+        }
+        for n, p in enumerate(files, 1)
+    ]
+    app.get("file_uploader")[1].set_value(("export.json", json.dumps(tasks).encode(), "application/json")).run()
+    next(b for b in app.button if b.label == "Add labeled images").click().run()
+    assert not app.exception and not app.error
+    project = store.open_project("ls", create=False)
+    assert {i.name: i.label for i in project.images("labeled")} == {p.name: p.parent.name for p in files}

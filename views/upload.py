@@ -4,6 +4,7 @@ import streamlit as st
 
 from mssl_core.images import expand_uploads, read_label_csv
 from mssl_core.ingest import class_counts, ingest, load_demo
+from mssl_core.label_studio import label_studio_labels
 from mssl_core.store import create_project, delete_project, list_projects, slugify
 from views.common import (
     close_project,
@@ -66,17 +67,22 @@ if st.button("Load demo data", help="Five kinds of clothing: 5 labeled examples 
 
 with st.expander("Add labeled examples", expanded=not class_counts(project)):
     st.caption(
-        "A zip with one folder per class, or image files plus a CSV (`file,label`), "
-        "or image files and a class name typed below."
+        "A zip with one folder per class, or image files plus a CSV (`file,label`) or a Label Studio "
+        "export (JSON, one choice per task), or image files and a class name typed below."
     )
     labeled_files = st.file_uploader(
         "Labeled images (files or zip)", accept_multiple_files=True, key="labeled_upload"
     )
-    labels_csv = st.file_uploader("Labels CSV (optional)", type=["csv"], key="labels_csv")
+    labels_csv = st.file_uploader(
+        "Labels: CSV or Label Studio JSON export (optional)", type=["csv", "json"], key="labels_csv"
+    )
     typed_class = st.text_input("Class of files without a folder or CSV label (optional)")
     if st.button("Add labeled images", disabled=not labeled_files):
         files, problems = expand_uploads([(f.name, f.getvalue()) for f in labeled_files])
-        csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
+        if labels_csv and labels_csv.name.lower().endswith(".json"):
+            csv_labels, csv_problems = label_studio_labels(labels_csv.getvalue(), [f.name for f in files])
+        else:
+            csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
         with saved_or_reported():
             report = ingest(project, files, "labeled", csv_labels, typed_class.strip() or None)
         report.problems = problems + csv_problems + report.problems
