@@ -167,7 +167,7 @@ class MLBackend:
         return [self._prediction(config, version, outcome.get(t["id"])) for t in tasks]
 
     def webhook(self, event: str, payload: dict) -> str:
-        """Learn from or forget an annotation, and re-adapt at once."""
+        """Learn from or forget an annotation; the new model version (re-adapted in the background)."""
         project = str(payload["project"]["id"])
         with self.lock:
             state = self.state(project)
@@ -186,8 +186,16 @@ class MLBackend:
                     task = by_id[annotation["task"]]
                     self._learn_task(project, {**task, "annotations": [annotation]})
             state.save(self._path(project))
-            self._fit(project)
-            return self.model_version(project)
+            version = self.model_version(project)
+        # Label Studio waits one second for a webhook: answer now and re-adapt in the background;
+        # a /predict arriving meanwhile waits for the re-adapted model under the lock.
+        threading.Thread(target=self.refit, args=(project,), daemon=True).start()
+        return version
+
+    def refit(self, project: str) -> AdaptedTask | None:
+        """The model adapted to the project's current annotations (fitted if they changed)."""
+        with self.lock:
+            return self._fit(project)
 
     def _learn_task(self, project: str, task: dict) -> None:
         """Record a task's annotations (replacing what was known of them) and embed its image."""
