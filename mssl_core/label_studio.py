@@ -179,7 +179,8 @@ class LabelStudioClient:
         if answer.status_code == 401 and _is_jwt(self.api_key):
             answer = self.http.get(absolute, headers={"Authorization": self._authorization(renew=True)})
         if answer.status_code != 200:
-            raise LabelStudioError(f"Label Studio answered {answer.status_code} for {urlsplit(absolute).path}")
+            # the path is left out: file names often identify a patient, and this message is logged
+            raise LabelStudioError(f"Label Studio answered {answer.status_code}")
         return answer
 
     def image(self, url: str) -> bytes:

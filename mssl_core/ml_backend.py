@@ -154,6 +154,8 @@ class MLBackend:
             for task in tasks:  # Label Studio sends a task's annotations along with it
                 self._learn_task(project, task)
             errors = self._embed(state, {t["id"]: t.get("data", {}).get(config.image_key, "") for t in tasks})
+            for task, error in errors.items():
+                log.warning("task %s: no prediction: %s", task, error)
             state.save(self._path(project))
             fitted = self._fit(project)
             version = self.model_version(project)
@@ -354,6 +356,7 @@ def create_app(backend: MLBackend, token: str | None = None) -> Starlette:
                 # the model's work blocks: a worker thread keeps the server answering /health
                 return JSONResponse(await run_in_threadpool(handler, request, body))
             except (LabelStudioError, KeyError, TypeError) as error:
+                log.warning("%s refused: %s", path, error)  # Label Studio shows only "400 Bad Request"
                 return JSONResponse({"error": str(error)}, status_code=400)
 
         return Route(path, endpoint, methods=["POST"])
