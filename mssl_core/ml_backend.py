@@ -70,6 +70,7 @@ class ProjectState:
 
     @classmethod
     def load(cls, path: Path) -> ProjectState:
+        """The saved state, or an empty one for a project not seen before."""
         if not path.exists():
             return cls()
         saved = json.loads(path.read_text())
@@ -112,11 +113,13 @@ class MLBackend:
 
     @property
     def model(self) -> Model:
+        """The default features and method's model, as the app and the CLI choose them."""
         if self._model is None:  # loaded on first use, so /health answers at once
             self._model = model_for(self.method, self.backbone, self.models)
         return self._model
 
     def state(self, project: str) -> ProjectState:
+        """A Label Studio project's state, read from disk the first time it is asked for."""
         if project not in self._states:
             self._states[project] = ProjectState.load(self._path(project))
         return self._states[project]
@@ -159,10 +162,11 @@ class MLBackend:
             state.save(self._path(project))
             fitted = self._fit(project)
             version = self.model_version(project)
+            ok = [t["id"] for t in tasks if not errors.get(t["id"])]
+            embeddings = self._stack([state.images[t][1] for t in ok])
         if fitted is None:
             return []
-        ok = [t["id"] for t in tasks if not errors.get(t["id"])]
-        prediction = fitted.predict(self._stack([state.images[t][1] for t in ok]))
+        prediction = fitted.predict(embeddings)
         outcome = dict(
             zip(ok, zip(prediction.labels, prediction.confidence.tolist(), strict=True), strict=True)
         )

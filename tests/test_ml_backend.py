@@ -11,12 +11,14 @@ from pathlib import Path
 import httpx2
 import numpy as np
 import pytest
+from PIL import Image
 from starlette.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
 from mssl_core import store
 from mssl_core.label_studio import LabelStudioClient, LabelStudioError, label_studio_labels, parse_label_config
 from mssl_core.ml_backend import MLBackend, create_app
+from tests.broken_inputs import PATIENT_NAME, dicom
 from tests.conftest import SHAPES, draw_shape
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -54,6 +56,10 @@ class FakeLabelStudio:
             return httpx2.Response(401)
         if request.url.path == "/api/projects/1/export":
             return httpx2.Response(200, json=self.exported)
+        if request.url.path == "/data/local-files/":  # local storage: a DICOM scan of the same shape
+            task_id = int(request.url.params["d"].rsplit("/", 1)[1])
+            pixels = np.asarray(Image.open(io.BytesIO(self.images[task_id])), dtype=np.uint16) * 16
+            return httpx2.Response(200, content=dicom(pixels))
         task_id = int(request.url.path.rsplit("/", 1)[1].split(".")[0])
         return httpx2.Response(200, content=self.images[task_id])
 
@@ -169,6 +175,21 @@ def test_images_come_from_label_studio_only(fake, tiny_models):
     results = app.post("/predict", json=body).json()["results"]
     assert results[0]["result"] and results[1]["result"] == [] and results[2]["result"] == []
     assert all(url.startswith("http://ls.test:8080/") for url in fake.requests)
+
+
+def test_dicom_scans_in_local_storage_are_decoded_and_their_headers_kept_out(
+    fake, tiny_models, tmp_path, caplog
+):
+    app = backend_app(fake, tiny_models)
+    annotate(app, fake, 1, 1)
+    annotate(app, fake, 2, 2)
+    scans = [{"id": n, "data": {"image": f"/data/local-files/?d=scans/{n}"}} for n in (4, 5)]
+    body = {"tasks": scans, "label_config": CONFIG, "project": "1.1700000000"}
+    results = app.post("/predict", json=body).json()["results"]
+    assert all(r["result"] and 0 < r["score"] <= 1 for r in results)
+    assert sum("/data/local-files/?d=scans%2F" in url or "d=scans/" in url for url in fake.requests) == 2
+    saved = (tmp_path / "data" / "label-studio" / "project-1.json").read_text()
+    assert PATIENT_NAME not in saved and PATIENT_NAME not in caplog.text
 
 
 def test_an_unsupported_config_is_a_clear_error(fake, tiny_models):
