@@ -148,8 +148,8 @@ class MLBackend:
             return self.model_version(project)
 
     def predict(self, project: str, label_config: str, tasks: list[dict]) -> list[dict]:
-        """One prediction per task; an empty result where the image cannot be read. None while
-        fewer than two classes have an annotated example."""
+        """One prediction per task, an empty result where the image cannot be read; no predictions
+        at all while fewer than two classes have an annotated example."""
         config = parse_label_config(label_config)
         with self.lock:
             state = self.state(project)
