@@ -1,4 +1,4 @@
-"""Command line: `python -m mssl_core {label,simulate,train,evaluate,crossdomain,bench,users} ...`
+"""Command line: `python -m mssl_core {label,simulate,train,evaluate,crossdomain,bench,users,ml-backend}`
 (see README.md)."""
 
 from __future__ import annotations
@@ -205,6 +205,13 @@ def _progress_every_tenth():
     return progress
 
 
+def _ml_backend(args: argparse.Namespace) -> int:
+    from mssl_core.ml_backend import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -365,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     actions.add_parser("remove", help="remove a user").add_argument("name")
     actions.add_parser("list", help="print the user names")
     users.set_defaults(run=_users)
+
+    backend = commands.add_parser(
+        "ml-backend",
+        help="serve as a Label Studio ML backend (needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY;"
+        " docs/label-studio.md)",
+    )
+    backend.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    backend.add_argument("--port", type=int, default=9090)
+    backend.set_defaults(run=_ml_backend)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -100,18 +100,16 @@ def _spreadsheet_csv(header: list[str], rows: list[list[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+def choices_result(label: str, from_name: str = "label", to_name: str = "image") -> dict:
+    """One Label Studio `choices` result: `label` chosen in the `from_name` tag for `to_name`."""
+    return {"from_name": from_name, "to_name": to_name, "type": "choices", "value": {"choices": [label]}}
+
+
 def to_label_studio(rows: list[ExportRow], from_name: str = "label", to_name: str = "image") -> bytes:
     """Label Studio tasks: human decisions as annotations, pseudo-labels as scored predictions."""
     tasks = []
     for row in rows:
-        result = [
-            {
-                "from_name": from_name,
-                "to_name": to_name,
-                "type": "choices",
-                "value": {"choices": [row.label]},
-            }
-        ]
+        result = [choices_result(row.label, from_name, to_name)]
         task: dict = {"data": {"image": row.file}}
         if row.status == "pseudo-labeled":
             task["predictions"] = [{"model_version": "mssl", "score": row.confidence, "result": result}]

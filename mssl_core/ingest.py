@@ -4,6 +4,7 @@ duplicates (same content) are counted once, and every skipped file is reported w
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -99,20 +100,23 @@ def ingest_uploads(
     project: LabelingProject,
     uploads: list[tuple[str, BinaryIO]],
     role: str,
-    csv_labels: dict[str, str] | None = None,
+    labels_from: Callable[[list[str]], tuple[dict[str, str], list[tuple[str, str]]]] | None = None,
     default_label: str | None = None,
 ) -> IngestReport:
     """`ingest` uploaded files and zips (name, stream). They pass through a temporary folder
     beside the projects (the same disk, private, removed afterwards), copied and unpacked in
-    chunks, so neither an upload nor what a zip expands to is ever held whole in memory."""
+    chunks, so neither an upload nor what a zip expands to is ever held whole in memory.
+    `labels_from`: the unpacked file names -> (file -> class, problems), e.g. from a labels
+    CSV or a Label Studio export."""
     data_dir().mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(prefix="upload-", dir=data_dir()) as folder:
             files, problems = expand_uploads(uploads, Path(folder))
-            report = ingest(project, files, role, csv_labels, default_label)
+            labels, label_problems = labels_from([f.name for f in files]) if labels_from else ({}, [])
+            report = ingest(project, files, role, labels, default_label)
     except OSError as error:  # the temporary copy: disk full, folder read-only
         raise storage_error("the upload", error, data_dir()) from None
-    report.problems = problems + report.problems
+    report.problems = problems + label_problems + report.problems
     return report
 
 

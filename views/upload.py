@@ -1,9 +1,12 @@
 """Step 1 — Project & upload: create or reopen a project, add labeled and unlabeled images."""
 
+from functools import partial
+
 import streamlit as st
 
 from mssl_core.images import ARCHIVE_LIMITS, read_label_csv
 from mssl_core.ingest import class_counts, ingest_uploads, load_demo
+from mssl_core.label_studio import label_studio_labels
 from mssl_core.store import create_project, delete_project, list_projects, members, set_members, slugify
 from mssl_core.users import list_users
 from views.common import (
@@ -75,22 +78,31 @@ UPLOAD_LIMITS = (
     f"up to {ARCHIVE_LIMITS['total_bytes'] / 1024**3:g} GB once unpacked."
 )
 
+
+def csv_file_labels(content: bytes, _unpacked: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    return read_label_csv(content)
+
+
 with st.expander("Add labeled examples", expanded=not class_counts(project)):
     st.caption(
-        "A zip with one folder per class, or image files plus a CSV (`file,label`), "
-        f"or image files and a class name typed below. {UPLOAD_LIMITS}"
+        "A zip with one folder per class, or image files plus a CSV (`file,label`) or a Label Studio "
+        f"export (JSON, one choice per task), or image files and a class name typed below. {UPLOAD_LIMITS}"
     )
     labeled_files = st.file_uploader(
         "Labeled images (files or zip)", accept_multiple_files=True, key="labeled_upload"
     )
-    labels_csv = st.file_uploader("Labels CSV (optional)", type=["csv"], key="labels_csv")
+    labels_csv = st.file_uploader(
+        "Labels: CSV or Label Studio JSON export (optional)", type=["csv", "json"], key="labels_csv"
+    )
     typed_class = st.text_input("Class of files without a folder or CSV label (optional)")
     if st.button("Add labeled images", disabled=not labeled_files):
-        csv_labels, csv_problems = read_label_csv(labels_csv.getvalue()) if labels_csv else ({}, [])
+        labels_from = None
+        if labels_csv:  # a Label Studio export is matched to the unpacked file names
+            read = label_studio_labels if labels_csv.name.lower().endswith(".json") else csv_file_labels
+            labels_from = partial(read, labels_csv.getvalue())
         uploads = [(f.name, f) for f in labeled_files]
         with saved_or_reported():
-            report = ingest_uploads(project, uploads, "labeled", csv_labels, typed_class.strip() or None)
-        report.problems = csv_problems + report.problems
+            report = ingest_uploads(project, uploads, "labeled", labels_from, typed_class.strip() or None)
         show_report("Labeled", report)
 
 with st.expander("Add unlabeled images", expanded=not project.images("unlabeled")):
