@@ -1,11 +1,14 @@
 """Step 3 — Review: the images that most need a human first; accept, correct or skip each,
 or accept everything above a confidence threshold. Every decision is saved before the page
 says so, and the rest of the batch re-adapts to it at once."""
+# Decision buttons act in callbacks (`on_click`): a click then costs one run of the page, not
+# a run that reaches the button and a second after `st.rerun()`.
 
 import streamlit as st
 
+from mssl_core.embedding_cache import CacheError
 from mssl_core.review import expected_errors, review_order, threshold_summary
-from mssl_core.store import DecisionConflict
+from mssl_core.store import DecisionConflict, StorageError
 from views.common import (
     browser_session,
     current_predictions,
@@ -27,6 +30,9 @@ result = current_predictions(project)
 prediction, decisions = result.prediction, result.decisions
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
 done = len(result.images) - len(pending)
+if notice := st.session_state.pop("review_notice", None):  # from a decision's callback
+    kind, message = notice
+    (st.warning if kind == "warning" else st.error)(md(message))
 st.progress(done / max(len(result.images), 1), text=f"{done} of {len(result.images)} reviewed")
 labels_to_check(project, result, SESSION)
 
@@ -81,25 +87,38 @@ order = review_order(prediction.probabilities[pending])
 queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 
 
-def decide(image, action: str, label: str | None = None) -> None:
-    """Commit the decision, unless another session decided the image since this page showed
-    it; then confirm it and re-adapt the batch."""
-    with saved_or_reported():
-        try:
-            project.decide(image.id, action, label, session=SESSION, shown=result.decisions.get(image.id))
-        except DecisionConflict as conflict:
-            st.warning(md(str(conflict)))
-            return
+def decide(image, shown, action: str, label: str | None = None) -> None:
+    """A button's callback, so it runs before the page does: one run per decision, the page
+    then re-adapted to it. Commits unless another session decided the image since this page
+    showed it (`shown`: its decision then); the page says which happened."""
+    try:
+        project.decide(image.id, action, label, session=SESSION, shown=shown)
+    except DecisionConflict as conflict:
+        st.session_state["review_notice"] = ("warning", str(conflict))
+        return
+    except (StorageError, CacheError) as error:
+        st.session_state["review_notice"] = ("error", str(error))
+        return
     st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
-    st.rerun()
+
+
+def choose(image, predicted: str, chosen: str) -> tuple:
+    """`decide`'s arguments for picking `chosen`: an accept when it is the model's answer."""
+    return image, result.decisions.get(image.id), "accept" if chosen == predicted else "correct", chosen
+
+
+def undo(last: dict) -> None:
+    try:
+        project.decide(last["image_id"], "undo", session=SESSION)
+    except (StorageError, CacheError) as error:
+        st.session_state["review_notice"] = ("error", str(error))
 
 
 # Undo is this session's own: another tab's decisions are never undone from here.
 last = project.undoable(SESSION)
-if last and st.button(f"Undo your last decision ({md(last['image'])}: {last['action']})", shortcut="Z"):
-    with saved_or_reported():
-        project.decide(last["image_id"], "undo", session=SESSION)
-    st.rerun()
+if last:
+    label = f"Undo your last decision ({md(last['image'])}: {last['action']})"
+    st.button(label, shortcut="Z", on_click=undo, args=(last,))
 
 if not queue:
     st.success("Every image has been reviewed.")
@@ -115,18 +134,35 @@ with st.container(border=True):
     with actions:
         st.write(f"**Next: {md(focus.name)}** — model says **{md(focus_label)}** ({focus_confidence:.0%})")
         st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
-        if st.button(f"Accept '{md(focus_label)}'", type="primary", shortcut="A", key="focus-accept"):
-            decide(focus, "accept", focus_label)
+        st.button(
+            f"Accept '{md(focus_label)}'",
+            type="primary",
+            shortcut="A",
+            key="focus-accept",
+            on_click=decide,
+            args=choose(focus, focus_label, focus_label),
+        )
         # every class, its full name on a button as wide as it needs, wrapping to further rows;
         # keys 1-9 for the first nine
         with st.container(horizontal=True, wrap=True):
             for number, name in enumerate(prediction.classes, 1):
                 shortcut = str(number) if number <= 9 else None
                 label = f"{number} · {md(name)}" if shortcut else md(name)
-                if st.button(label, shortcut=shortcut, key=f"focus-class-{name}", width="content"):
-                    decide(focus, "accept" if name == focus_label else "correct", name)
-        if st.button("Skip", shortcut="S", key="focus-skip"):
-            decide(focus, "skip")
+                st.button(
+                    label,
+                    shortcut=shortcut,
+                    key=f"focus-class-{name}",
+                    width="content",
+                    on_click=decide,
+                    args=choose(focus, focus_label, name),
+                )
+        st.button(
+            "Skip",
+            shortcut="S",
+            key="focus-skip",
+            on_click=decide,
+            args=(focus, result.decisions.get(focus.id), "skip"),
+        )
 
 st.write("**Also uncertain**")
 columns = st.columns(4)
@@ -144,7 +180,15 @@ for slot, index in enumerate(queue[1:]):
             label_visibility="collapsed",
         )
         accept, skip = st.columns(2)
-        if accept.button("Accept" if chosen == label else "Correct", key=f"ok-{image.id}"):
-            decide(image, "accept" if chosen == label else "correct", chosen)
-        if skip.button("Skip", key=f"skip-{image.id}"):
-            decide(image, "skip")
+        accept.button(
+            "Accept" if chosen == label else "Correct",
+            key=f"ok-{image.id}",
+            on_click=decide,
+            args=choose(image, label, chosen),
+        )
+        skip.button(
+            "Skip",
+            key=f"skip-{image.id}",
+            on_click=decide,
+            args=(image, result.decisions.get(image.id), "skip"),
+        )
