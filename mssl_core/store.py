@@ -282,6 +282,18 @@ class LabelingProject:
                 [(i, label, float(conf), method, now) for i, label, conf in rows],
             )
 
+    def version(self) -> tuple[int, tuple]:
+        """(the latest decision, everything else predictions depend on: the images, labels
+        changed since upload, the settings); cheap enough to read on every page run."""
+        decision = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
+        images = self.db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM images").fetchone()
+        relabeled = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM label_changes").fetchone()[0]
+        settings = tuple(self.db.execute("SELECT key, value FROM settings ORDER BY key").fetchall())
+        return decision, (tuple(images), relabeled, settings)
+
+    def has_predictions(self) -> bool:
+        return self.db.execute("SELECT 1 FROM predictions LIMIT 1").fetchone() is not None
+
     def predictions(self) -> dict[int, tuple[str, float]]:
         rows = self.db.execute("SELECT image_id, label, confidence FROM predictions").fetchall()
         return {r[0]: (r[1], r[2]) for r in rows}

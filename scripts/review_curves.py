@@ -98,9 +98,9 @@ def main() -> None:
                     seed=episode_number,
                     stop_at=0.99,
                 )
-                rows.append(
-                    summary(f"{name} #{episode_number}", d.role, order, curve, time.perf_counter() - started)
-                )
+                seconds = time.perf_counter() - started
+                batch = len(episode.unlabeled)
+                rows.append(summary(f"{name} #{episode_number}", d.role, order, batch, curve, seconds))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "curve"}), flush=True)
     CURVES_PATH.write_text(json.dumps(rows, indent=1))
     print("| task | role | batch | start | expected / actual errors | app: to 95% / 99% | random: to 99% |")
