@@ -32,5 +32,6 @@ def suspicious_labels(labels: np.ndarray, held_out: np.ndarray) -> list[int]:
             np.asarray(held_out, dtype=float),
             filter_by=FILTER_BY,
             return_indices_ranked_by="self_confidence",
+            n_jobs=1,  # its default forks worker processes: never inside the app's server
         )
     return [int(row) for row in ranked]

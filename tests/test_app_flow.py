@@ -89,6 +89,12 @@ def test_model_page_shows_cards():
     app.switch_page("views/model.py").run()
     assert not app.exception
     assert "Recommended method" in app.info[0].value
+    # the review curves, from docs/review-curves.json, on the demo by default
+    from mssl_core.simulate import load_curves
+
+    demo = next(row for row in load_curves() if row["task"] == "demo" and row["order"] == "app")
+    said = next(m.value for m in app.markdown if "99% right, review about" in m.value)
+    assert f"review about **{demo['to_99']}** of them" in said
 
 
 def test_decided_images_count_once_as_support_not_again_as_unlabeled(tmp_path, monkeypatch):

@@ -41,3 +41,18 @@ def test_held_out_rows_follow_the_support_order():
 
 def test_nothing_to_judge_gives_no_flags():
     assert suspicious_labels(np.array([0, 0]), np.array([[0.9, 0.1], [0.2, 0.8]])) == []
+
+
+def test_the_check_starts_no_process(monkeypatch):
+    """cleanlab's default forks workers; forked from the app's server they outlive it, holding
+    its port (seen in the browser tests)."""
+    import multiprocessing
+
+    def refuse(process):
+        raise AssertionError(f"a process was started: {process}")
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+    _, support, labels, batch, _ = gaussian_task(ways=3, shots=5, unlabeled_per_class=10, seed=0, spread=4)
+    flipped = labels.clone()
+    flipped[0] = 1
+    assert suspicious_labels(flipped.numpy(), _held_out(flipped, support, batch)) == [0]

@@ -16,7 +16,6 @@ from views.common import (
     md,
     require_project,
     require_unlocked,
-    saved_or_reported,
     show_images,
 )
 
@@ -37,12 +36,20 @@ st.progress(done / max(len(result.images), 1), text=f"{done} of {len(result.imag
 labels_to_check(project, result, SESSION)
 
 
-def accept_all(indices: list[int]) -> None:
-    """Accept these images' pseudo-labels in one transaction, then confirm and re-adapt."""
-    with saved_or_reported():
-        project.accept_all({result.images[i].id: prediction.labels[i] for i in indices}, session=SESSION)
-    st.toast(f"Saved {len(indices)} accepted labels.")
-    st.rerun()
+def shown_labels(indices: list[int]) -> dict[int, str]:
+    """{image id: pseudo-label} of these images as this run shows them: a bulk accept takes
+    exactly what its button said, even if the batch has re-adapted since."""
+    return {result.images[i].id: prediction.labels[i] for i in indices}
+
+
+def accept_all(labels: dict[int, str]) -> None:
+    """A button's callback: accept these pseudo-labels in one transaction."""
+    try:
+        project.accept_all(labels, session=SESSION)
+    except (StorageError, CacheError) as error:
+        st.session_state["review_notice"] = ("error", str(error))
+        return
+    st.toast(f"Saved {len(labels)} accepted labels.")
 
 
 # How good the rest already is, and a way to stop when it is good enough (calibrated confidence
@@ -57,8 +64,12 @@ if pending and prediction.confidence_checked:
         target = st.select_slider("Precision you need", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999], value=0.99)
         if rest_precision >= target:
             st.success(f"The rest already reaches {target:.1%}. Accepting it leaves about {errors:.1f} errors.")
-            if st.button(f"Accept the remaining {len(pending)} images", type="primary"):
-                accept_all(pending)
+            st.button(
+                f"Accept the remaining {len(pending)} images",
+                type="primary",
+                on_click=accept_all,
+                args=(shown_labels(pending),),
+            )
         else:
             st.caption(f"Keep reviewing: the rest is at {rest_precision:.1%}, below the {target:.1%} you need.")
 
@@ -80,8 +91,14 @@ with st.container(border=True):
             "could not be checked on your images"
         )
     st.write(f"Accepts **{count}** images{expected}.")
-    if st.button(f"Accept {count} images", disabled=count == 0, shortcut="Shift+A"):
-        accept_all([i for i in pending if prediction.confidence[i] >= threshold])
+    above = [i for i in pending if prediction.confidence[i] >= threshold]
+    st.button(
+        f"Accept {count} images",
+        disabled=count == 0,
+        shortcut="Shift+A",
+        on_click=accept_all,
+        args=(shown_labels(above),),
+    )
 
 order = review_order(prediction.probabilities[pending])
 queue = [pending[i] for i in order[: PAGE_SIZE + 1]]

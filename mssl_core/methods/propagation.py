@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from mssl_core.methods import neighbour_graphs
 from mssl_core.methods.base import FewShotMethod, register
 
-DENSE_LIMIT = 1000  # nodes up to which F is solved directly; beyond, by iteration (same answer)
+DENSE_LIMIT = 500  # nodes up to which F is solved directly; beyond, by iteration (same answer)
 SCALE_NEIGHBOUR = 3  # sigma_i: distance to this nearest neighbour (times a learned factor)
 FLOOR = 1e-6  # added to predicted distributions before the log: finite logits and gradients
 CHUNK = 1024  # rows of pairwise distances computed at a time, at most
