@@ -195,12 +195,11 @@ def fit_task(
     if isinstance(method, SourceEnsemble):
         method.with_ssl(ssl)
         labeled, labels = support[calibrate_on], support_labels[calibrate_on]
-        key = _calibration_key(model, ssl, labeled, labels) if calibrate_on.stop else None
-        calibration = _remembered_calibration(key) if key else None
-        if calibration is None:
+        if calibrate_on.stop:  # in review: the labeled rows' calibration, remembered
+            key = _calibration_key(model, ssl, labeled, labels)
+            calibration = _remembered(key, lambda: method.calibrate(labeled, labels, task_unlabeled))
+        else:
             calibration = method.calibrate(labeled, labels, task_unlabeled)
-            if key:
-                _remember_calibration(key, calibration)
         method.fit(support, support_labels, task_unlabeled, calibration)
         return AdaptedTask(classes, method, method.temperature, method.checked, calibration.held_out)
     method = with_ssl(method, ssl)
@@ -227,18 +226,19 @@ def _calibration_key(model: Model, ssl: SSLOptions | None, support: Tensor, labe
     return digest.hexdigest()
 
 
-def _remembered_calibration(key: str) -> Calibration | None:
+def _remembered(key: str, compute: Callable[[], Calibration]) -> Calibration:
+    """The calibration remembered under `key`, else `compute`d and remembered (least recently
+    used ones forgotten first)."""
     with _calibrations_lock:
         if key in _calibrations:
             _calibrations.move_to_end(key)
-        return _calibrations.get(key)
-
-
-def _remember_calibration(key: str, calibration: Calibration) -> None:
+            return _calibrations[key]
+    calibration = compute()  # outside the lock: seconds, and other sessions go on meanwhile
     with _calibrations_lock:
         _calibrations[key] = calibration
         while len(_calibrations) > REMEMBERED_CALIBRATIONS:
             _calibrations.popitem(last=False)
+    return calibration
 
 
 def adapt(

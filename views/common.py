@@ -13,6 +13,8 @@ import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from mssl_core.images import ImageError, thumbnail_data_uri
 from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
 from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
 from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
-from mssl_core.store import LabelingProject, StorageError, data_dir, open_project
+from mssl_core.store import DecisionConflict, LabelingProject, StorageError, data_dir, open_project
 from mssl_core.users import list_users, password_is_right
 
 
@@ -282,7 +284,8 @@ def require_project() -> LabelingProject:
 # background: a decision shows the next image at once, from predictions one or two decisions
 # old, while the batch re-adapts to it (seconds on large batches on 2 cores); the next page run
 # takes the fresh ones. Decisions themselves are always saved before the page goes on.
-_latest: dict[tuple[str, str], tuple[tuple, ProjectPrediction]] = {}
+_latest: OrderedDict[tuple[str, str], tuple[tuple, ProjectPrediction]] = OrderedDict()
+LATEST_KEPT = 4  # projects: each holds its batch's embeddings (about 120 MB at 10,000 images)
 _adapting: set[tuple[str, str]] = set()
 _latest_lock = threading.Lock()
 
@@ -299,20 +302,27 @@ def current_predictions(project: LabelingProject) -> ProjectPrediction:
     key, state = (str(data_dir()), project.name), project.version()
     with _latest_lock:
         latest = _latest.get(key)
+        if latest:
+            _latest.move_to_end(key)
     if latest and latest[0] == state:
         return latest[1]
     if latest and latest[0][1] == state[1]:  # only decisions are new
         _adapt_in_background(project, key)
         return dataclasses.replace(latest[1], decisions=project.current_decisions())
     with saved_or_reported():
-        result = _adapted(project)
-    with _latest_lock:
-        _latest[key] = (state, result)
+        result = pseudo_label_project(
+            project, project_model(project), embedding_cache(), ssl=project_ssl(project)
+        )
+    _keep_latest(key, state, result)
     return result
 
 
-def _adapted(project: LabelingProject) -> ProjectPrediction:
-    return pseudo_label_project(project, project_model(project), embedding_cache(), ssl=project_ssl(project))
+def _keep_latest(key: tuple[str, str], state: tuple, result: ProjectPrediction) -> None:
+    with _latest_lock:
+        _latest[key] = (state, result)
+        _latest.move_to_end(key)
+        while len(_latest) > LATEST_KEPT:
+            _latest.popitem(last=False)
 
 
 def _adapt_in_background(project: LabelingProject, key: tuple[str, str]) -> None:
@@ -330,9 +340,7 @@ def _adapt_in_background(project: LabelingProject, key: tuple[str, str]) -> None
             with closing(open_project(name, create=False, user=user)) as own:
                 while True:
                     state = own.version()
-                    result = pseudo_label_project(own, model, cache, ssl=ssl)
-                    with _latest_lock:
-                        _latest[key] = (state, result)
+                    _keep_latest(key, state, pseudo_label_project(own, model, cache, ssl=ssl))
                     if own.version() == state:
                         break
         except Exception:  # the next page run re-adapts in the foreground and reports it
@@ -348,6 +356,7 @@ def _adapt_in_background(project: LabelingProject, key: tuple[str, str]) -> None
 def labels_to_check(project: LabelingProject, result: ProjectPrediction, session: str) -> None:
     """Labeled examples whose held-out prediction disagrees with their label
     (`label_issues.py`), each with a one-click fix: relabel as the likelier class, or keep."""
+    callback_notice()  # a relabel that could not be saved (the Review page shows it earlier)
     if not result.suspicious:
         return
     with st.container(border=True):
@@ -362,16 +371,43 @@ def labels_to_check(project: LabelingProject, result: ProjectPrediction, session
             with words:
                 st.write(f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(likelier)}**")
                 with st.container(horizontal=True):
-                    if st.button(f"Relabel as {md(likelier)}", key=f"relabel-{image.id}", type="primary"):
-                        with saved_or_reported():
-                            project.relabel(image.id, likelier, session)
-                        st.toast(f"Saved: {md(image.name)} is now {md(likelier)}.")
-                        st.rerun()
-                    if st.button(f"Keep {md(image.label)}", key=f"keep-{image.id}"):
-                        with saved_or_reported():
-                            project.relabel(image.id, image.label, session)
-                        st.toast(f"Saved: {md(image.name)} stays {md(image.label)}.")
-                        st.rerun()
+                    for text, label, kind in (
+                        (f"Relabel as {md(likelier)}", likelier, "primary"),
+                        (f"Keep {md(image.label)}", image.label, "secondary"),
+                    ):
+                        st.button(
+                            text,
+                            key=f"{'relabel' if label == likelier else 'keep'}-{image.id}",
+                            type=kind,
+                            on_click=_relabel,
+                            args=(project, image, label, session),
+                        )
+
+
+def _relabel(project: LabelingProject, image, label: str, session: str) -> None:
+    if saved_in_callback(lambda: project.relabel(image.id, label, session)):
+        st.toast(f"Saved: {md(image.name)} is labeled {md(label)}.")
+
+
+def saved_in_callback(save: Callable[[], None]) -> bool:
+    """`saved_or_reported` for button callbacks, which run before the page and cannot stop it:
+    whether `save` was saved; if not, why is shown at the top of the page (`callback_notice`)."""
+    try:
+        save()
+    except DecisionConflict as conflict:
+        st.session_state["callback_notice"] = ("warning", str(conflict))
+    except (StorageError, CacheError) as error:
+        st.session_state["callback_notice"] = ("error", str(error))
+    else:
+        return True
+    return False
+
+
+def callback_notice() -> None:
+    """What a button callback could not save (see `saved_in_callback`), once."""
+    if notice := st.session_state.pop("callback_notice", None):
+        kind, message = notice
+        (st.warning if kind == "warning" else st.error)(md(message))
 
 
 # Plotly hover labels cannot show images, so this component listens to the map's own hover

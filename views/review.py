@@ -6,16 +6,16 @@ says so, and the rest of the batch re-adapts to it at once."""
 
 import streamlit as st
 
-from mssl_core.embedding_cache import CacheError
 from mssl_core.review import expected_errors, review_order, threshold_summary
-from mssl_core.store import DecisionConflict, StorageError
 from views.common import (
     browser_session,
+    callback_notice,
     current_predictions,
     labels_to_check,
     md,
     require_project,
     require_unlocked,
+    saved_in_callback,
     show_images,
 )
 
@@ -29,9 +29,7 @@ result = current_predictions(project)
 prediction, decisions = result.prediction, result.decisions
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
 done = len(result.images) - len(pending)
-if notice := st.session_state.pop("review_notice", None):  # from a decision's callback
-    kind, message = notice
-    (st.warning if kind == "warning" else st.error)(md(message))
+callback_notice()
 st.progress(done / max(len(result.images), 1), text=f"{done} of {len(result.images)} reviewed")
 labels_to_check(project, result, SESSION)
 
@@ -44,12 +42,8 @@ def shown_labels(indices: list[int]) -> dict[int, str]:
 
 def accept_all(labels: dict[int, str]) -> None:
     """A button's callback: accept these pseudo-labels in one transaction."""
-    try:
-        project.accept_all(labels, session=SESSION)
-    except (StorageError, CacheError) as error:
-        st.session_state["review_notice"] = ("error", str(error))
-        return
-    st.toast(f"Saved {len(labels)} accepted labels.")
+    if saved_in_callback(lambda: project.accept_all(labels, session=SESSION)):
+        st.toast(f"Saved {len(labels)} accepted labels.")
 
 
 # How good the rest already is, and a way to stop when it is good enough (calibrated confidence
@@ -108,15 +102,8 @@ def decide(image, shown, action: str, label: str | None = None) -> None:
     """A button's callback, so it runs before the page does: one run per decision, the page
     then re-adapted to it. Commits unless another session decided the image since this page
     showed it (`shown`: its decision then); the page says which happened."""
-    try:
-        project.decide(image.id, action, label, session=SESSION, shown=shown)
-    except DecisionConflict as conflict:
-        st.session_state["review_notice"] = ("warning", str(conflict))
-        return
-    except (StorageError, CacheError) as error:
-        st.session_state["review_notice"] = ("error", str(error))
-        return
-    st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
+    if saved_in_callback(lambda: project.decide(image.id, action, label, session=SESSION, shown=shown)):
+        st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
 
 
 def choose(image, predicted: str, chosen: str) -> tuple:
@@ -125,10 +112,7 @@ def choose(image, predicted: str, chosen: str) -> tuple:
 
 
 def undo(last: dict) -> None:
-    try:
-        project.decide(last["image_id"], "undo", session=SESSION)
-    except (StorageError, CacheError) as error:
-        st.session_state["review_notice"] = ("error", str(error))
+    saved_in_callback(lambda: project.decide(last["image_id"], "undo", session=SESSION))
 
 
 # Undo is this session's own: another tab's decisions are never undone from here.
