@@ -91,7 +91,7 @@ def simulate_review(
         curve.append(point)
         if on_point:
             on_point(point)
-        if actions == limit or (stop_at is not None and point.batch_accuracy >= stop_at - 1e-12):
+        if actions == limit or (stop_at is not None and _reached(point, stop_at)):
             break
         # the reviewer's action (accept or correct) leaves the image with its true label
         queue = review_order(prediction.probabilities[pending], order, rng)
@@ -159,7 +159,11 @@ def read_truth(path: Path, classes: list[str]) -> dict[str, int]:
 
 def actions_to_reach(curve: list[CurvePoint], accuracy: float) -> int | None:
     """The fewest actions after which the batch is at least `accuracy` correct (None: never)."""
-    return next((p.actions for p in curve if p.batch_accuracy >= accuracy - 1e-12), None)
+    return next((p.actions for p in curve if _reached(p, accuracy)), None)
+
+
+def _reached(point: CurvePoint, accuracy: float) -> bool:
+    return point.batch_accuracy >= accuracy - 1e-12  # 1 - 2/200 is 0.99 up to rounding
 
 
 def write_curve(curve: list[CurvePoint], out: Path) -> None:
