@@ -8,6 +8,7 @@ passwords are stored only as Argon2id hashes (argon2-cffi), never as themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,8 +22,13 @@ from mssl_core.store import data_dir
 MIN_PASSWORD = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,59}")
 _hasher = PasswordHasher()
-# Checked when the user name is unknown, so that a wrong name takes as long as a wrong password.
-_UNKNOWN_USER_HASH = _hasher.hash("no such user")
+
+
+@functools.cache
+def _unknown_user_hash() -> str:
+    """Checked when the user name is unknown, so that a wrong name takes as long as a wrong
+    password; made on first use, not when the app starts (a hash takes a noticeable moment)."""
+    return _hasher.hash("no such user")
 
 
 def users_file() -> Path:
@@ -64,7 +70,7 @@ def password_is_right(name: str, password: str) -> bool:
     """Whether `password` is `name`'s. An unknown name costs the same time as a known one."""
     stored = _read().get(name)
     try:
-        return _hasher.verify(stored or _UNKNOWN_USER_HASH, password) and stored is not None
+        return _hasher.verify(stored or _unknown_user_hash(), password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 
