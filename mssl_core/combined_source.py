@@ -5,11 +5,10 @@ some photos, plain centred ImageNet features on others, raw pixels now and then.
 task by held-out log loss on a few labeled images chose noisily (and its winner over-promised);
 combining them does better on every development domain at 5 and 10 shots (docs/crossdomain.md).
 
-One pass per network gives a joint embedding (`JointFeatures`): the pooled MobileNetV2 stages,
-the meta-trained head's output on the last of them, Conv-4's embedding, the 28 px pixels and a
-second ImageNet network's pooled features (EfficientNet-Lite0). Each *member* runs the
-meta-trained method on its slice, and logistic regressions run on the centred last stage of
-each ImageNet network. `SourceEnsemble.fit` calibrates each member
+One network pass gives a joint embedding (`JointFeatures`): the pooled MobileNetV2 stages, the
+meta-trained head's output on the last of them, Conv-4's embedding and the 28 px pixels. Each
+*member* runs the meta-trained method on its slice, and a logistic regression runs on the
+centred last stage. `SourceEnsemble.fit` calibrates each member
 on the user's labeled images (each predicted from the others, `calibration.held_out_predictions`),
 averages their log-probabilities (a product of experts: a member that is unsure moves the result
 little) and fits the ensemble's own temperature on the same held-out predictions. With a single
@@ -23,20 +22,12 @@ import copy
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
-from mssl_core.backbones import (
-    Backbone,
-    Conv4,
-    EfficientNetLite0,
-    MobileNetV2Backbone,
-    MobileNetV3Small,
-    PixelBackbone,
-)
+from mssl_core.backbones import Backbone, Conv4, MobileNetV2Backbone, PixelBackbone
 from mssl_core.calibration import (
     DOMAIN_PRIOR_SD,
     calibrated_logits,
@@ -58,34 +49,19 @@ FINAL_DIM = IMAGENET_STAGE_DIMS[-1]
 ONE_SHOT_FACTORS = {
     "imagenet": 4.877,
     "final": 4.973,
-    "mobilenetv2": 4.58,
-    "conv4": 8.472,
-    "pixels": 10.956,
-    "efficientnet": 10.639,
-    "mobilenetv3": 5.322,
-    "combined": 0.538,
+    "mobilenetv2": 4.581,
+    "conv4": 8.474,
+    "pixels": 10.958,
+    "combined": 0.598,
 }
 # Members left out where a class has one labeled image: a classifier fitted to one point per
 # class has no calibration to stand on (2-way 1-shot test tasks with it: 78% against 89%).
-NEEDS_TWO_PER_CLASS = ("logreg", "efficientnet-logreg", "mobilenetv3-logreg")
-# ImageNet networks besides MobileNetV2, each a member of its own and one with a logistic
-# regression: added on the development domains, where together they gained 0-3 points at
-# 5 shots (docs/crossdomain.md). EfficientNet-Lite0 sees 160 px: at 224 px it gained a further
-# 0.5-0.8 points there but took half of `label`'s time on 1,000 photos.
-OTHER_NETWORKS = {"efficientnet": partial(EfficientNetLite0, 160), "mobilenetv3": MobileNetV3Small}
-
-
-def resized(pictures: Tensor, side: int) -> Tensor:
-    """Square pictures `(n, 3, s, s)` at `side` px (antialiased, as an image resize would be)."""
-    if pictures.shape[-1] == side:
-        return pictures
-    return nn.functional.interpolate(pictures, size=(side, side), mode="bilinear", antialias=True)
+NEEDS_TWO_PER_CLASS = ("logreg",)
 
 
 class JointFeatures(Backbone):
     """Every source's features of an image in one vector: MobileNetV2 stages (1,856), the
-    meta-trained head on the last stage (256), Conv-4 (64), 28 px pixels (784), then the
-    other ImageNet networks' (EfficientNet-Lite0 at 160 px 1,280, MobileNetV3-Small 576)."""
+    meta-trained head on the last stage (256), Conv-4 (64), 28 px pixels (784)."""
 
     name = "combined"
 
@@ -93,24 +69,20 @@ class JointFeatures(Backbone):
         super().__init__()
         self.stages, self.pixels = ImageNetStages(mobilenet.image_size), PixelBackbone()
         self.head, self.conv4 = mobilenet.head, conv4
-        self.other_networks = nn.ModuleDict({name: network() for name, network in OTHER_NETWORKS.items()})
         self.head_dim = mobilenet.embedding_dim
-        self.embedding_dim = max(where.stop for where in self.slices().values())
+        self.embedding_dim = STAGES_DIM + self.head_dim + conv4.embedding_dim + self.pixels.embedding_dim
 
     def slices(self) -> dict[str, slice]:
         """Where each source sits in the joint vector."""
-        where, end = {}, 0
-        sizes = {
-            "imagenet": STAGES_DIM,
-            "mobilenetv2": self.head_dim,
-            "conv4": self.conv4.embedding_dim,
-            "pixels": self.pixels.embedding_dim,
-            **{name: network.embedding_dim for name, network in self.other_networks.items()},
+        head_end = STAGES_DIM + self.head_dim
+        conv4_end = head_end + self.conv4.embedding_dim
+        return {
+            "imagenet": slice(0, STAGES_DIM),
+            "final": slice(STAGES_DIM - FINAL_DIM, STAGES_DIM),
+            "mobilenetv2": slice(STAGES_DIM, head_end),
+            "conv4": slice(head_end, conv4_end),
+            "pixels": slice(conv4_end, self.embedding_dim),
         }
-        for name, size in sizes.items():
-            where[name], end = slice(end, end + size), end + size
-        where["final"] = slice(STAGES_DIM - FINAL_DIM, STAGES_DIM)
-        return where
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
         """Both inputs of each image, flattened side by side: the 224 px colour picture for
@@ -121,15 +93,10 @@ class JointFeatures(Backbone):
     def forward(self, x: Tensor) -> Tensor:
         side, gray_side = self.stages.image_size, self.pixels.image_size
         colour, gray = x.split([3 * side * side, gray_side * gray_side], dim=1)
-        colour = colour.reshape(-1, 3, side, side)
-        stages = self.stages.frozen_features(colour)
+        stages = self.stages.frozen_features(colour.reshape(-1, 3, side, side))
         head = self.head(stages[:, -FINAL_DIM:])
         conv4 = self.conv4(gray.reshape(-1, 1, gray_side, gray_side))
-        others = [
-            network.frozen_features(resized(colour, network.image_size))
-            for network in self.other_networks.values()
-        ]
-        return torch.cat([stages, head, conv4, gray, *others], dim=1)
+        return torch.cat([stages, head, conv4, gray], dim=1)
 
     def trainable_state(self) -> dict[str, Tensor]:
         return {}
@@ -281,15 +248,8 @@ def combined_model(mobilenet: Model, conv4: Model) -> Model:
         "logreg": TaskCentred(make_method("logreg"), (FINAL_DIM,), 0.5, backbone.head_dim, 1.0),
     }
     slices = {**where, "logreg": where["final"]}
-    # the other ImageNet networks: their errors differ from MobileNetV2's (docs/crossdomain.md)
-    for name, network in backbone.other_networks.items():
-        members[name] = centred_method(mobilenet, (network.embedding_dim,), 0.5)
-        members[f"{name}-logreg"] = TaskCentred(
-            make_method("logreg"), (network.embedding_dim,), 0.5, backbone.head_dim, 1.0
-        )
-        slices[f"{name}-logreg"] = where[name]
     method = SourceEnsemble({name: Sliced(m, slices[name]) for name, m in members.items()})
-    fingerprint = hashlib.sha256(f"joint-v3:{mobilenet.fingerprint}:{conv4.fingerprint}".encode()).hexdigest()[
+    fingerprint = hashlib.sha256(f"joint-v1:{mobilenet.fingerprint}:{conv4.fingerprint}".encode()).hexdigest()[
         :16
     ]
     return Model(f"combined+{mobilenet.name}", backbone.eval(), method, mobilenet.card, fingerprint)

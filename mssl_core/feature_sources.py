@@ -25,7 +25,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from mssl_core.backbones import FrozenImageNetNetwork, MobileNetV2Backbone, PixelBackbone
+from mssl_core.backbones import MobileNetV2Backbone, PixelBackbone
 from mssl_core.checkpoints import Model
 
 IMAGENET_STAGES = (13, 16, 17, 18)  # MobileNetV2 `features` blocks whose pooled outputs are used
@@ -45,17 +45,22 @@ class ImageNetStages(MobileNetV2Backbone):
         self.embedding_dim = sum(IMAGENET_STAGE_DIMS)
 
     def _torch_features(self, x: Tensor) -> Tensor:
-        x, pooled = self._normalised(x), []
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        pooled = []
         for index, block in enumerate(self.features):
             x = block(x)
             if index in IMAGENET_STAGES:
                 pooled.append(x.mean(dim=(2, 3)))
         return torch.cat(pooled, dim=1)
 
-    # plain frozen features, no head
-    forward = FrozenImageNetNetwork.forward
-    trainable_state = FrozenImageNetNetwork.trainable_state
-    load_trainable_state = FrozenImageNetNetwork.load_trainable_state
+    def forward(self, x: Tensor) -> Tensor:
+        return self.frozen_features(x).clone()
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Nothing is trained: the ImageNet weights come from their package."""
 
 
 def orthogonal_projection(in_dim: int, out_dim: int, seed: int = PROJECTION_SEED) -> Tensor:

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-REMEMBERED = (
-    14  # node sets kept: seven per batch (one per propagating member of the combined source), two batches
-)
+REMEMBERED = 10  # node sets kept: five per batch (one per member of the combined source), two batches
 SMALLEST = 1000  # smaller graphs are recomputed: cheap, and leave-one-out refits stay out
 
 _graphs: OrderedDict[str, NeighbourLists] = OrderedDict()
