@@ -1,15 +1,14 @@
 """MSSL Label Assist — Streamlit entry point: navigation over the pages in `views/`, or only a
 log-in page while this session has not logged in (named users, or one configured password)."""
 
-from pathlib import Path
-
 import streamlit as st
 
-from mssl_core.store import keep_files_private
+from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.project.store import keep_files_private
 from views.common import current_user, locked, log_out, login_required, md, password_prompt
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-ICON = Path(__file__).parent / "assets" / "icon.svg"
+ICON = ASSETS_DIR / "icon.svg"
 
 keep_files_private()
 # An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com

@@ -8,14 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "assets" / "models"
+from mssl_core.engine.data.paths import ASSETS_DIR
+
+MODELS_DIR = ASSETS_DIR / "models"
 
 
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from mssl_core.labeling import record_default_in_cards
-    from mssl_core.train import SHIPPED, TrainConfig, recalibrate, train_and_save
+    from mssl_core.engine.model_cards import record_default_in_cards
+    from mssl_core.engine.train import SHIPPED, TrainConfig, recalibrate, train_and_save
 
     torch.set_num_threads(args.threads)
     if args.all:
@@ -35,7 +37,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mssl_core.evaluate import format_table, run_benchmark
+    from mssl_core.engine.evaluate import format_table, run_benchmark
 
     rows = run_benchmark(episodes=args.episodes, seed=args.seed, quick=args.quick, log=_stderr, jobs=args.jobs)
     if args.json:
@@ -46,7 +48,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _crossdomain(args: argparse.Namespace) -> int:
-    from mssl_core.crossdomain import RESULTS_PATH, fit_one_shot_factors, format_table, run_crossdomain
+    from mssl_core.benchmarks.crossdomain import (
+        RESULTS_PATH,
+        fit_one_shot_factors,
+        format_table,
+        run_crossdomain,
+    )
 
     if args.fit_one_shot:
         print(json.dumps(fit_one_shot_factors(args.domains, args.episodes, args.seed), indent=2))
@@ -64,7 +71,7 @@ def _crossdomain(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from mssl_core.bench import format_bench, run_bench
+    from mssl_core.benchmarks.bench import format_bench, run_bench
 
     results = run_bench(
         label_sizes=tuple(args.label_sizes),
@@ -78,9 +85,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.labeling import label_folders, write_predictions_csv
-    from mssl_core.ssl import SSLOptions
+    from mssl_core.engine.ssl import SSLOptions
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.labeling.folders import label_folders, write_predictions_csv
 
     ssl = SSLOptions(
         pseudo_label_rounds=args.pseudo_label_rounds,
@@ -89,7 +96,7 @@ def _label(args: argparse.Namespace) -> int:
         consistency_weight=args.consistency_weight,
     )
     if args.ray:
-        from mssl_core.ray_labeling import label_folders_on_ray, shutdown
+        from mssl_core.labeling.ray_labeling import label_folders_on_ray, shutdown
 
         try:
             summary = label_folders_on_ray(
@@ -136,8 +143,8 @@ def _label(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import logging
 
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.simulate import actions_to_reach, simulate_folders, write_curve
+    from mssl_core.benchmarks.simulate import actions_to_reach, simulate_folders, write_curve
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     curve = simulate_folders(
@@ -168,7 +175,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _users(args: argparse.Namespace) -> int:
     import getpass
 
-    from mssl_core.users import add_user, list_users, remove_user, users_file
+    from mssl_core.project.users import add_user, list_users, remove_user, users_file
 
     try:
         if args.action == "add":
@@ -206,7 +213,7 @@ def _progress_every_tenth():
 
 
 def _ml_backend(args: argparse.Namespace) -> int:
-    from mssl_core.ml_backend import serve
+    from mssl_core.integrations.ml_backend import serve
 
     serve(args.host, args.port)
     return 0
@@ -217,8 +224,8 @@ def _stderr(message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mssl_core.ssl import SSLOptions
-    from mssl_core.store import data_dir, keep_files_private
+    from mssl_core.engine.ssl import SSLOptions
+    from mssl_core.project.store import data_dir, keep_files_private
 
     keep_files_private()
     parser = argparse.ArgumentParser(prog="python -m mssl_core", description=__doc__)
@@ -271,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     label.set_defaults(run=_label)
 
-    from mssl_core.review import ORDERS
+    from mssl_core.project.review import ORDERS
 
     simulate = commands.add_parser(
         "simulate",

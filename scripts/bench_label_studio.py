@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from starlette.testclient import TestClient
 
-from mssl_core import ml_backend
-from mssl_core.data.real import FASHION_MNIST_CLASSES, load_fashion_mnist
-from mssl_core.embedding_cache import EmbeddingCache
-from mssl_core.label_studio import LabelStudioClient
-from mssl_core.labeling import fit_task
-from mssl_core.ml_backend import MLBackend, create_app
+from mssl_core.engine.data.real import FASHION_MNIST_CLASSES, load_fashion_mnist
+from mssl_core.integrations import ml_backend
+from mssl_core.integrations.label_studio import LabelStudioClient
+from mssl_core.integrations.ml_backend import MLBackend, create_app
+from mssl_core.labeling.adapt import fit_task
+from mssl_core.labeling.embedding_cache import EmbeddingCache
 
 TASKS, BATCH, CLASSES, SHOTS, REPEATS = 1_000, 100, 5, 2, 5
 CONFIG = (

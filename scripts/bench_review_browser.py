@@ -29,12 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 def make_project(data: Path, size: int) -> int:
     """The project's batch size (a changed pixel can rarely repeat another image: counted once)."""
     os.environ["MSSL_DATA_DIR"] = str(data)
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.images import list_files
-    from mssl_core.ingest import DEMO_DIR, UploadedFile, ingest
-    from mssl_core.labeling import choose_backbone, default_method, model_for
-    from mssl_core.pseudo_label import pseudo_label_project
-    from mssl_core.store import open_project
+    from mssl_core.engine.model_cards import default_method
+    from mssl_core.labeling.adapt import choose_backbone, model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.labeling.images import list_files
+    from mssl_core.project.ingest import DEMO_DIR, UploadedFile, ingest
+    from mssl_core.project.pseudo_label import pseudo_label_project
+    from mssl_core.project.store import open_project
 
     project = open_project("bench")
     labeled = [UploadedFile(p.name, p.read_bytes(), p.parent.name) for p in list_files(DEMO_DIR / "labeled")]

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from mssl_core.evaluate import format_table
+from mssl_core.engine.evaluate import format_table
 
 
 def cell(row: dict | None) -> str:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from mssl_core.calibration import expected_calibration_error, fit_temperature, held_out_domain_factor
-from mssl_core.checkpoints import load_model
-from mssl_core.data import characters
-from mssl_core.data.episodes import EpisodeSampler, EpisodeSpec
-from mssl_core.episodic import episode_tensors
+from mssl_core.engine.calibration import expected_calibration_error, fit_temperature, held_out_domain_factor
+from mssl_core.engine.checkpoints import load_model
+from mssl_core.engine.data import characters
+from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
+from mssl_core.engine.episodic import episode_tensors
 
 DOMAINS = ("clean", "blur", "noise", "fill", "texture", "invert")
 PRIORS = {"sd 1": 1.0, "sd 2": 2.0, "none": None}

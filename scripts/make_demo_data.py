@@ -2,14 +2,13 @@
 images, from Debian's dataset-fashion-mnist, with a fixed seed. The output is shipped; to remake it:
 `PYTHONPATH=. python scripts/make_demo_data.py`."""
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-from mssl_core.data.real import FASHION_MNIST_CLASSES, load_fashion_mnist
+from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.engine.data.real import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo"
+DEMO = ASSETS_DIR / "demo"
 CLASSES = {1: "trouser", 5: "sandal", 7: "sneaker", 8: "bag", 3: "dress"}
 LABELED_PER_CLASS, UNLABELED_PER_CLASS = 5, 60
 

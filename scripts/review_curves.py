@@ -1,5 +1,5 @@
 """The review loop measured on every benchmark domain and the demo: a simulated reviewer
-(`mssl_core.simulate`) in the app's order and in random order, until the batch is 99% correct.
+(`mssl_core.benchmarks.simulate`) in the app's order and in random order, until the batch is 99% correct.
 
     python scripts/review_curves.py [--episodes 1] [--per-class 40] [--domains NAME ...]
 
@@ -20,21 +20,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mssl_core.crossdomain import domain_pool  # noqa: E402
-from mssl_core.data.domains import DOMAINS, domain  # noqa: E402
-from mssl_core.data.episodes import EpisodeSampler, EpisodeSpec  # noqa: E402
-from mssl_core.data.paths import REPO_ROOT  # noqa: E402
-from mssl_core.labeling import default_method, model_for  # noqa: E402
-from mssl_core.simulate import (  # noqa: E402
+from mssl_core.benchmarks.crossdomain import domain_pool  # noqa: E402
+from mssl_core.benchmarks.simulate import (  # noqa: E402
     CURVES_PATH,
     CurvePoint,
     actions_to_reach,
     simulate_folders,
     simulate_review,
 )
+from mssl_core.engine.data.domains import DOMAINS, domain  # noqa: E402
+from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec  # noqa: E402
+from mssl_core.engine.data.paths import ASSETS_DIR  # noqa: E402
+from mssl_core.engine.model_cards import default_method
+from mssl_core.labeling.adapt import model_for
 
 ORDERS = ("app", "random")
-DEMO = REPO_ROOT / "assets" / "demo"
+DEMO = ASSETS_DIR / "demo"
 
 
 def summary(name: str, role: str, order: str, batch: int, curve: list[CurvePoint], seconds: float) -> dict:

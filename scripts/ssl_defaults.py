@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from mssl_core.checkpoints import load_model
-from mssl_core.data import characters
-from mssl_core.data.episodes import EpisodeSpec
-from mssl_core.episodic import run_episodes
-from mssl_core.ssl import SSLOptions, with_ssl
+from mssl_core.engine.checkpoints import load_model
+from mssl_core.engine.data import characters
+from mssl_core.engine.data.episodes import EpisodeSpec
+from mssl_core.engine.episodic import run_episodes
+from mssl_core.engine.ssl import SSLOptions, with_ssl
 
 VARIANTS = {
     "none": SSLOptions(),

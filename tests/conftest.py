@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mssl_core.backbones import make_backbone
-from mssl_core.checkpoints import Model, save_model
-from mssl_core.methods import make_method
+from mssl_core.engine.backbones import make_backbone
+from mssl_core.engine.checkpoints import Model, save_model
+from mssl_core.engine.methods import make_method
 
 SHAPES = ("circle", "square", "cross")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mssl_core import store
+from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.project import store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -69,7 +70,7 @@ def test_demo_pseudo_label_review_and_export(app):
 @pytest.mark.usefixtures("refuse_outbound")
 def test_upload_files_with_a_labels_csv_and_a_broken_file(app):
     app.switch_page("views/upload.py").run()
-    demo = Path(__file__).resolve().parents[1] / "assets" / "demo" / "labeled"
+    demo = ASSETS_DIR / "demo" / "labeled"
     files = [p for p in sorted(demo.rglob("*.png")) if p.parent.name in ("bag", "dress")][:6]
     uploads = [(f"{p.parent.name}-{p.name}", p.read_bytes(), "image/png") for p in files]
     uploads.append(("scan.png", b"<html>not an image</html>", "image/png"))
@@ -90,7 +91,7 @@ def test_model_page_shows_cards():
     assert not app.exception
     assert "Recommended method" in app.info[0].value
     # the review curves, from docs/review-curves.json, on the demo by default
-    from mssl_core.simulate import load_curves
+    from mssl_core.benchmarks.simulate import load_curves
 
     demo = next(row for row in load_curves() if row["task"] == "demo" and row["order"] == "app")
     said = next(m.value for m in app.markdown if "99% right, review about" in m.value)
@@ -98,10 +99,10 @@ def test_model_page_shows_cards():
 
 
 def test_decided_images_count_once_as_support_not_again_as_unlabeled(tmp_path, monkeypatch):
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.ingest import load_demo
-    from mssl_core.labeling import model_for
-    from mssl_core.pseudo_label import pseudo_label_project
+    from mssl_core.labeling.adapt import model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.project.ingest import load_demo
+    from mssl_core.project.pseudo_label import pseudo_label_project
 
     monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path))
     project = store.open_project("once")
@@ -134,7 +135,7 @@ def test_a_decision_that_cannot_be_saved_is_reported_not_a_traceback(app, monkey
 
     def disk_full(self, *args, **kwargs):
         # the class as the app imports it now (Streamlit may reload the app's modules)
-        error = sys.modules["mssl_core.store"].StorageError
+        error = sys.modules["mssl_core.project.store"].StorageError
         raise error("Could not save the decision on image 1: the disk holding data is full.")
 
     monkeypatch.setattr(store.LabelingProject, "decide", disk_full)
@@ -156,8 +157,8 @@ def test_deleting_the_project_from_the_upload_page(app):
 
 
 def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_checked(app):
-    from mssl_core.images import list_files
-    from mssl_core.ingest import DEMO_DIR, UploadedFile, ingest
+    from mssl_core.labeling.images import list_files
+    from mssl_core.project.ingest import DEMO_DIR, UploadedFile, ingest
 
     project = store.open_project("demo", create=False)
     first_per_class = {p.parent.name: p for p in reversed(list_files(DEMO_DIR / "labeled"))}
@@ -206,9 +207,9 @@ def test_review_shows_every_class_button_with_its_full_name(tmp_path, monkeypatc
 
     import numpy as np
 
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.labeling import model_for
-    from mssl_core.pseudo_label import pseudo_label_project
+    from mssl_core.labeling.adapt import model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.project.pseudo_label import pseudo_label_project
     from tests.conftest import draw_shape
 
     monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))

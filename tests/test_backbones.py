@@ -4,8 +4,8 @@ reference path, and so the same predictions."""
 import numpy as np
 import torch
 
-from mssl_core.backbones import make_backbone
-from mssl_core.methods import make_method
+from mssl_core.engine.backbones import make_backbone
+from mssl_core.engine.methods import make_method
 
 
 def test_onnxruntime_features_match_pytorch_within_tolerance(monkeypatch):
@@ -28,7 +28,7 @@ def test_onnxruntime_features_match_pytorch_within_tolerance(monkeypatch):
 
 
 def test_the_mobilenet_head_starts_by_keeping_imagenet_distances():
-    from mssl_core.backbones import GeometryKeepingHead
+    from mssl_core.engine.backbones import GeometryKeepingHead
 
     head = GeometryKeepingHead(1280, 256)
     features = torch.randn(40, 1280).abs()  # like pooled ReLU features: positive

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from broken_inputs import PATIENT_ID, PATIENT_NAME, Case, cases, dicom, encoded
 
-from mssl_core import store
 from mssl_core.__main__ import main
-from mssl_core.export import to_class_folders_zip, to_csv, to_label_studio
-from mssl_core.images import ImageError, UploadedFile, decode_image, expand_uploads, read_label_csv
-from mssl_core.ingest import ingest, ingest_uploads
-from mssl_core.pseudo_label import export_rows
+from mssl_core.labeling.images import ImageError, UploadedFile, decode_image, expand_uploads, read_label_csv
+from mssl_core.project import store
+from mssl_core.project.export import to_class_folders_zip, to_csv, to_label_studio
+from mssl_core.project.ingest import ingest, ingest_uploads
+from mssl_core.project.pseudo_label import export_rows
 
 CASES = cases()
 

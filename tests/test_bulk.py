@@ -3,10 +3,10 @@ import pytest
 import torch
 from conftest import SHAPES, draw_shape
 
-from mssl_core.backbones import embed_images, make_backbone
-from mssl_core.bulk import embed_files
-from mssl_core.embedding_cache import EmbeddingCache
-from mssl_core.images import decode_image
+from mssl_core.engine.backbones import embed_images, make_backbone
+from mssl_core.labeling.bulk import embed_files
+from mssl_core.labeling.embedding_cache import EmbeddingCache
+from mssl_core.labeling.images import decode_image
 
 
 @pytest.fixture

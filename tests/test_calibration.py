@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from mssl_core.calibration import (
+from mssl_core.engine.calibration import (
     DOMAIN_PRIOR_SD,
     expected_calibration_error,
     fit_temperature,
@@ -11,7 +11,7 @@ from mssl_core.calibration import (
     task_shape,
     temperature_for_shape,
 )
-from mssl_core.methods import make_method
+from mssl_core.engine.methods import make_method
 
 
 def test_fit_temperature_recovers_the_temperature_that_generated_labels():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mssl_core.combined_source import Sliced, SourceEnsemble
-from mssl_core.methods import make_method
+from mssl_core.engine.combined_source import Sliced, SourceEnsemble
+from mssl_core.engine.methods import make_method
 
 
 def _two_sources(shots: int, seed: int = 0, spread: float = 6):
@@ -55,10 +55,10 @@ def test_with_one_labeled_image_per_class_the_development_factors_stand_in():
 
 
 def test_joint_features_hold_each_source_as_it_embeds_alone(shape_folders):
-    from mssl_core.backbones import PixelBackbone, embed_images
-    from mssl_core.feature_sources import ImageNetStages
-    from mssl_core.images import decode_image, list_files
-    from mssl_core.labeling import model_for
+    from mssl_core.engine.backbones import PixelBackbone, embed_images
+    from mssl_core.engine.feature_sources import ImageNetStages
+    from mssl_core.labeling.adapt import model_for
+    from mssl_core.labeling.images import decode_image, list_files
 
     images = [decode_image(p) for p in list_files(shape_folders[1])[:4] if p.name != "broken.png"]
     combined = model_for("protonet", "combined")
@@ -79,8 +79,9 @@ def test_a_head_made_to_hurt_does_not_drag_the_combined_source_down(both_backbon
     """The MobileNetV2 head made to map every image to the same point (its correction cancels
     the projection) and Conv-4 untrained: labeling with the default features still does as
     well as the ImageNet features without any head."""
-    from mssl_core import labeling
-    from mssl_core.checkpoints import load_model, save_model
+    from mssl_core.engine.checkpoints import load_model, save_model
+    from mssl_core.labeling.adapt import choose_backbone
+    from mssl_core.labeling.folders import label_folders
 
     model = load_model("mobilenetv2-protonet", both_backbones)
     head = model.backbone.head
@@ -90,20 +91,18 @@ def test_a_head_made_to_hurt_does_not_drag_the_combined_source_down(both_backbon
     support, unlabeled, truth = shape_folders
 
     def accuracy(backbone: str) -> float:
-        result = labeling.label_folders(
-            support, unlabeled, "protonet", backbone, both_backbones, log=lambda _: None
-        )
+        result = label_folders(support, unlabeled, "protonet", backbone, both_backbones, log=lambda _: None)
         rows = [r for r in result.rows if r.label]
         return float(np.mean([r.label == truth[r.path] for r in rows]))
 
-    assert labeling.choose_backbone(both_backbones)[0] == "combined"
+    assert choose_backbone(both_backbones)[0] == "combined"
     assert accuracy("mobilenetv2") <= 0.5  # the head alone is made useless
     assert accuracy("auto") >= accuracy("imagenet") - 1 / len(truth)
 
 
 @pytest.mark.parametrize("shots", [1, 3])
 def test_semi_supervised_terms_reach_every_member(shots):
-    from mssl_core.ssl import SSLOptions
+    from mssl_core.engine.ssl import SSLOptions
 
     support, labels, batch, _ = _two_sources(shots=shots, spread=1)
     plain = _ensemble().fit(support, labels, batch).predict_proba(batch)
@@ -114,7 +113,7 @@ def test_semi_supervised_terms_reach_every_member(shots):
 def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeypatch):
     """Five members, five graphs over the same batch: all of them are remembered, so moving one
     image into the labeled set does not recompute any (the costly part at 10,000 images)."""
-    from mssl_core.methods.propagation import LabelPropagation
+    from mssl_core.engine.methods.propagation import LabelPropagation
 
     generator = torch.Generator().manual_seed(0)
     batch = torch.randn(1200, 40, generator=generator)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mssl_core import crossdomain
-from mssl_core.data.domains import Domain
+from mssl_core.benchmarks import crossdomain
+from mssl_core.engine.data.domains import Domain
 
 
 def _blob_domain(role: str = "development") -> Domain:
@@ -32,7 +32,7 @@ def _blob_domain(role: str = "development") -> Domain:
 def blob_domains(monkeypatch):
     domains = (_blob_domain("development"), _blob_domain("test"))
     monkeypatch.setattr(crossdomain, "DOMAINS", domains)
-    monkeypatch.setattr("mssl_core.crossdomain.domain", {d.name: d for d in domains}.__getitem__)
+    monkeypatch.setattr("mssl_core.benchmarks.crossdomain.domain", {d.name: d for d in domains}.__getitem__)
     return domains
 
 
@@ -59,7 +59,7 @@ def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(
 
 
 def test_one_shot_factors_are_fitted_on_development_domains_only(blob_domains):
-    from mssl_core.combined_source import ONE_SHOT_FACTORS
+    from mssl_core.engine.combined_source import ONE_SHOT_FACTORS
 
     factors = crossdomain.fit_one_shot_factors(["blobs-development"], episodes=2)
     assert factors.keys() == ONE_SHOT_FACTORS.keys() and all(f > 0 for f in factors.values())
@@ -70,13 +70,14 @@ def test_one_shot_factors_are_fitted_on_development_domains_only(blob_domains):
 def test_centring_is_the_same_in_label_the_app_and_the_benchmark(shape_folders, tmp_path):
     """One set of files, three front ends, the same probabilities: the task mean is taken over
     the labeled and unlabeled images wherever the ImageNet source is used."""
-    from mssl_core import store
-    from mssl_core.backbones import embed_images
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.images import class_folder_files, decode_image, list_files
-    from mssl_core.ingest import UploadedFile, ingest
-    from mssl_core.labeling import fit_task, label_folders, model_for
-    from mssl_core.pseudo_label import pseudo_label_project
+    from mssl_core.engine.backbones import embed_images
+    from mssl_core.labeling.adapt import fit_task, model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.labeling.folders import label_folders
+    from mssl_core.labeling.images import class_folder_files, decode_image, list_files
+    from mssl_core.project import store
+    from mssl_core.project.ingest import UploadedFile, ingest
+    from mssl_core.project.pseudo_label import pseudo_label_project
 
     support_dir, unlabeled_dir, _ = shape_folders
     (unlabeled_dir / "broken.png").unlink()
@@ -110,8 +111,8 @@ def test_centring_is_the_same_in_label_the_app_and_the_benchmark(shape_folders, 
 
 def test_task_centred_features_do_not_depend_on_where_the_batch_is_centred():
     """Shifting every image by the same vector changes nothing: the task's mean is removed."""
-    from mssl_core.feature_sources import TaskCentred
-    from mssl_core.methods import make_method
+    from mssl_core.engine.feature_sources import TaskCentred
+    from mssl_core.engine.methods import make_method
 
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(3).repeat_interleave(2)
@@ -126,12 +127,12 @@ def test_task_centred_features_do_not_depend_on_where_the_batch_is_centred():
 
 
 def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_checked(shape_folders):
-    from mssl_core.combined_source import ONE_SHOT_FACTORS
-    from mssl_core.labeling import fit_task, model_for
+    from mssl_core.engine.combined_source import ONE_SHOT_FACTORS
+    from mssl_core.labeling.adapt import fit_task, model_for
 
     model = model_for("protonet", "imagenet")
     images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
-    from mssl_core.backbones import embed_images
+    from mssl_core.engine.backbones import embed_images
 
     support = embed_images(model.backbone, images)
     batch = embed_images(model.backbone, images * 2)

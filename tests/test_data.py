@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mssl_core.data import characters, real
-from mssl_core.data.paths import FASHION_MNIST_DIR, npm_modules_dir
+from mssl_core.engine.data import characters, real
+from mssl_core.engine.data.paths import FASHION_MNIST_DIR, npm_modules_dir
 
 
 def test_rendering_is_reproducible_and_varies_between_samples():

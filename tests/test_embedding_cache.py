@@ -1,6 +1,6 @@
 import numpy as np
 
-from mssl_core.embedding_cache import EmbeddingCache
+from mssl_core.labeling.embedding_cache import EmbeddingCache
 
 
 def test_vectors_are_kept_per_model_and_found_again_by_a_new_connection(tmp_path):

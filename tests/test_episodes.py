@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from mssl_core.data.characters import split_classes
-from mssl_core.data.episodes import EpisodeSampler, EpisodeSpec
+from mssl_core.engine.data.characters import split_classes
+from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
 
 
 def test_character_splits_are_disjoint_and_cover_every_class():

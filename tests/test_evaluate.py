@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mssl_core import evaluate
+from mssl_core.engine import evaluate
 
 
 def _blob_pool(dataset: str) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_benchmark_in_parallel_gives_the_same_rows(tiny_models, monkeypatch):
 
 
 def test_embedded_pools_are_cached_on_disk_by_checkpoint_and_content(tiny_models, tmp_path):
-    from mssl_core.checkpoints import load_model
+    from mssl_core.engine.checkpoints import load_model
 
     model = load_model("conv4-protonet", tiny_models)
     images = _blob_pool("characters")

@@ -5,7 +5,7 @@ import zipfile
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from mssl_core.export import ExportRow, to_class_folders_zip, to_csv, to_label_studio
+from mssl_core.project.export import ExportRow, to_class_folders_zip, to_csv, to_label_studio
 
 
 def _rows(tmp_path):

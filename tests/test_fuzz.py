@@ -13,7 +13,7 @@ from broken_inputs import cases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mssl_core.images import ImageError, decode_image, expand_uploads, read_label_csv
+from mssl_core.labeling.images import ImageError, decode_image, expand_uploads, read_label_csv
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 SEEDS = [c.content for c in cases() if c.good and len(c.content) < 20_000]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mssl_core.images import ImageError, class_folder_files, decode_image, list_files
+from mssl_core.labeling.images import ImageError, class_folder_files, decode_image, list_files
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -58,7 +58,7 @@ def test_a_zip_member_without_a_file_name_is_reported_not_a_crash(tmp_path):
     import io
     import zipfile
 
-    from mssl_core.images import expand_uploads
+    from mssl_core.labeling.images import expand_uploads
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -4,9 +4,9 @@ import zipfile
 import pytest
 from PIL import Image
 
-from mssl_core import store
-from mssl_core.images import UploadedFile, expand_uploads, read_label_csv
-from mssl_core.ingest import class_counts, ingest
+from mssl_core.labeling.images import UploadedFile, expand_uploads, read_label_csv
+from mssl_core.project import store
+from mssl_core.project.ingest import class_counts, ingest
 
 
 def _png(value: int) -> bytes:

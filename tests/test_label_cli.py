@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from mssl_core.__main__ import main
-from mssl_core.backbones import make_backbone
-from mssl_core.checkpoints import MODELS_DIR, Model, load_model, save_model
-from mssl_core.methods import make_method
-from mssl_core.train import SHIPPED_METHODS
+from mssl_core.engine.backbones import make_backbone
+from mssl_core.engine.checkpoints import MODELS_DIR, Model, load_model, save_model
+from mssl_core.engine.methods import make_method
+from mssl_core.engine.train import SHIPPED_METHODS
 
 
 def _read(path: Path) -> list[dict]:
@@ -130,7 +130,8 @@ def test_label_cli_applies_self_training_when_asked(shape_folders, tmp_path, cap
 
 
 def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folders, tiny_models, monkeypatch):
-    from mssl_core import labeling
+    from mssl_core.labeling import adapt as labeling
+    from mssl_core.labeling.folders import label_folders
 
     support, unlabeled, truth = shape_folders
     assert list(labeling.fit_sample(5, limit=8)) == [0, 1, 2, 3, 4]
@@ -141,6 +142,6 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
     fitted = []
     original = labeling.fit_task
     monkeypatch.setattr(labeling, "fit_task", lambda *a, **k: fitted.append(len(a[4])) or original(*a, **k))
-    result = labeling.label_folders(support, unlabeled, folder=tiny_models, log=lambda _: None)
+    result = label_folders(support, unlabeled, folder=tiny_models, log=lambda _: None)
     assert fitted == [6]
     assert sum(1 for row in result.rows if row.label) == len(truth)

@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
-from mssl_core.backbones import make_backbone
-from mssl_core.checkpoints import Model
-from mssl_core.label_issues import suspicious_labels
-from mssl_core.labeling import fit_task
-from mssl_core.methods import make_method
+from mssl_core.engine.backbones import make_backbone
+from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.methods import make_method
+from mssl_core.labeling.adapt import fit_task
+from mssl_core.labeling.label_issues import suspicious_labels
 from tests.conftest import gaussian_task
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import gaussian_task
 
-from mssl_core.methods import METHODS, make_method
-from mssl_core.ssl import SSLOptions, with_ssl
+from mssl_core.engine.methods import METHODS, make_method
+from mssl_core.engine.ssl import SSLOptions, with_ssl
 
 
 def _task(ways: int = 3, shots: int = 2, unlabeled_per_class: int = 6):

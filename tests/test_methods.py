@@ -3,8 +3,8 @@ import torch
 from conftest import gaussian_task
 from torch import nn
 
-from mssl_core.methods import METHODS, make_method
-from mssl_core.methods.base import class_means
+from mssl_core.engine.methods import METHODS, make_method
+from mssl_core.engine.methods.base import class_means
 
 
 def test_soft_kmeans_without_unlabeled_equals_prototypical():
@@ -146,7 +146,7 @@ def test_maml_meta_gradient_is_second_order_unless_asked_otherwise():
 
 
 def test_propagation_on_large_batches_iterates_over_knn_lists_with_the_same_answers(monkeypatch):
-    from mssl_core.methods import propagation
+    from mssl_core.engine.methods import propagation
 
     _, support, labels, unlabeled, unlabeled_labels = gaussian_task(ways=4, shots=1, unlabeled_per_class=60)
     with torch.no_grad():
@@ -172,7 +172,7 @@ def test_propagation_labels_twenty_thousand_images_without_an_n_by_n_matrix():
 
 
 def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_support_set(monkeypatch):
-    from mssl_core.methods import neighbour_graphs, propagation
+    from mssl_core.engine.methods import neighbour_graphs, propagation
 
     monkeypatch.setattr(neighbour_graphs, "SMALLEST", 50)
     monkeypatch.setattr(propagation, "DENSE_LIMIT", 10)  # the large-batch path, where it matters
@@ -202,7 +202,7 @@ def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_
 
 
 def test_row_fingerprints_see_bitwise_equality_regardless_of_position():
-    from mssl_core.methods.neighbour_graphs import row_fingerprints
+    from mssl_core.engine.methods.neighbour_graphs import row_fingerprints
 
     rows = torch.randn(300, 33)
     permutation = torch.randperm(300)

@@ -15,9 +15,15 @@ from PIL import Image
 from starlette.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
-from mssl_core import store
-from mssl_core.label_studio import LabelStudioClient, LabelStudioError, label_studio_labels, parse_label_config
-from mssl_core.ml_backend import MLBackend, create_app
+from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.integrations.label_studio import (
+    LabelStudioClient,
+    LabelStudioError,
+    label_studio_labels,
+    parse_label_config,
+)
+from mssl_core.integrations.ml_backend import MLBackend, create_app
+from mssl_core.project import store
 from tests.broken_inputs import PATIENT_NAME, dicom
 from tests.conftest import SHAPES, draw_shape
 
@@ -236,9 +242,7 @@ def test_the_upload_page_takes_a_label_studio_export_as_labels(tmp_path):
     app = AppTest.from_file(str(repo / "app.py"), default_timeout=120)
     app.session_state["project"] = "ls"
     app.switch_page("views/upload.py").run()
-    files = [
-        p for p in sorted((repo / "assets" / "demo" / "labeled").rglob("*.png")) if p.parent.name != "dress"
-    ]
+    files = [p for p in sorted((ASSETS_DIR / "demo" / "labeled").rglob("*.png")) if p.parent.name != "dress"]
     app.get("file_uploader")[0].set_value([(p.name, p.read_bytes(), "image/png") for p in files]).run()
     tasks = [
         {

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mssl_core.review import review_order, threshold_summary
+from mssl_core.project.review import review_order, threshold_summary
 
 
 def test_the_app_shows_the_least_confident_image_first_and_random_is_a_permutation():
@@ -21,7 +21,7 @@ def test_threshold_summary_counts_and_expected_precision():
 
 
 def test_expected_errors_of_the_rest_is_the_sum_of_doubts():
-    from mssl_core.review import expected_errors
+    from mssl_core.project.review import expected_errors
 
     errors, precision = expected_errors(np.array([0.9, 0.99, 0.6]))
     assert errors == pytest.approx(0.51) and precision == pytest.approx(0.83)

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from mssl_core import store
-from mssl_core.export import ExportRow, pseudonymised, to_class_folders_zip, to_csv
-from mssl_core.images import UploadedFile
-from mssl_core.ingest import class_name_problem, ingest
+from mssl_core.labeling.images import UploadedFile
+from mssl_core.project import store
+from mssl_core.project.export import ExportRow, pseudonymised, to_class_folders_zip, to_csv
+from mssl_core.project.ingest import class_name_problem, ingest
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 
@@ -46,7 +46,7 @@ def _png_with_text() -> bytes:
 
 
 def test_exported_images_carry_no_metadata_and_names_can_be_pseudonyms(project):
-    from mssl_core.pseudo_label import export_rows
+    from mssl_core.project.pseudo_label import export_rows
 
     files = [
         UploadedFile("DOE_JANE_chest.jpg", _jpeg_with_metadata(), "lung"),
@@ -158,7 +158,7 @@ def test_a_network_address_without_a_password_is_refused():
 
 def test_pages_show_images_inline_never_at_a_media_url(project):
     """Streamlit serves `st.image` at /media/... to any client, logged in or not."""
-    from mssl_core.ingest import load_demo
+    from mssl_core.project.ingest import load_demo
 
     load_demo(project)
     app = AppTest.from_file(APP, default_timeout=60)
@@ -206,7 +206,7 @@ def test_a_small_deflated_dicom_that_would_inflate_hugely_is_refused_before_infl
     from pydicom.filewriter import write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-    from mssl_core.images import ImageError, decode_image
+    from mssl_core.labeling.images import ImageError, decode_image
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -238,7 +238,7 @@ def test_a_small_deflated_dicom_that_would_inflate_hugely_is_refused_before_infl
 def test_a_multi_frame_dicom_decodes_its_first_frame_only(monkeypatch):
     import pydicom.pixels
 
-    from mssl_core.images import decode_image
+    from mssl_core.labeling.images import decode_image
 
     asked = []
     original = pydicom.pixels.pixel_array
@@ -421,7 +421,7 @@ def test_an_image_file_is_on_disk_before_its_row_commits(project, monkeypatch):
 def test_a_cache_that_cannot_be_written_is_a_message(tmp_path, monkeypatch):
     import sqlite3
 
-    from mssl_core.embedding_cache import CacheError, EmbeddingCache
+    from mssl_core.labeling.embedding_cache import CacheError, EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
 
@@ -438,10 +438,10 @@ def test_a_cache_that_cannot_be_written_is_a_message(tmp_path, monkeypatch):
 
 
 def test_a_rerun_reads_no_stored_file_and_writes_no_unchanged_prediction(project, tmp_path, monkeypatch):
-    from mssl_core import pseudo_label
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.ingest import load_demo
-    from mssl_core.labeling import model_for
+    from mssl_core.labeling.adapt import model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.project import pseudo_label
+    from mssl_core.project.ingest import load_demo
 
     load_demo(project)
     model, cache = model_for("protonet", "conv4"), EmbeddingCache(tmp_path / "cache.sqlite")
@@ -454,8 +454,8 @@ def test_a_rerun_reads_no_stored_file_and_writes_no_unchanged_prediction(project
 
 
 def test_labeling_goes_on_and_says_so_when_the_cache_cannot_be_written(shape_folders, tmp_path, monkeypatch):
-    from mssl_core.embedding_cache import CacheError, EmbeddingCache
-    from mssl_core.labeling import label_folders
+    from mssl_core.labeling.embedding_cache import CacheError, EmbeddingCache
+    from mssl_core.labeling.folders import label_folders
 
     def full(self, model, vectors):
         raise CacheError("Could not save embeddings to the cache: database or disk is full.")
@@ -475,7 +475,7 @@ def test_a_zip_is_unpacked_to_disk_a_member_at_a_time_never_into_memory(project,
     memory at once (peak above 32 MB); now the peak stays a few chunks."""
     import tracemalloc
 
-    from mssl_core.ingest import ingest_uploads
+    from mssl_core.project.ingest import ingest_uploads
 
     rng = np.random.default_rng(0)
     path = tmp_path / "batch.zip"

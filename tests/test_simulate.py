@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mssl_core import simulate as simulate_module
-from mssl_core.backbones import make_backbone
-from mssl_core.checkpoints import Model
-from mssl_core.methods import make_method
-from mssl_core.pseudo_label import adapt_batch
-from mssl_core.simulate import actions_to_reach, read_truth, simulate_review, write_curve
+from mssl_core.benchmarks import simulate as simulate_module
+from mssl_core.benchmarks.simulate import actions_to_reach, read_truth, simulate_review, write_curve
+from mssl_core.engine.backbones import make_backbone
+from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.methods import make_method
+from mssl_core.project.pseudo_label import adapt_batch
 from tests.conftest import gaussian_task
 
 
@@ -73,7 +73,7 @@ def test_the_simulator_takes_the_image_the_review_page_would_show(monkeypatch):
 
 def test_the_review_page_orders_through_the_same_function():
     source = (Path(__file__).resolve().parents[1] / "views" / "review.py").read_text()
-    assert "from mssl_core.review import" in source and "review_order(" in source
+    assert "from mssl_core.project.review import" in source and "review_order(" in source
 
 
 def test_truth_naming_a_class_with_no_labeled_images_is_refused_with_its_line(tmp_path):

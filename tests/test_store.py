@@ -1,6 +1,6 @@
 import pytest
 
-from mssl_core import store
+from mssl_core.project import store
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def test_an_image_that_cannot_be_written_leaves_no_partial_file_or_row(monkeypat
 def test_deleting_a_project_removes_its_files_rows_and_unshared_embeddings(tmp_path):
     import numpy as np
 
-    from mssl_core.embedding_cache import EmbeddingCache
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
 
     doomed, keeper = store.open_project("doomed"), store.open_project("keeper")
     mine, _ = doomed.add_image(b"only in doomed", "a.png", "unlabeled")

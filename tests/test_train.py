@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
-from mssl_core import train
-from mssl_core.checkpoints import load_model, save_model
-from mssl_core.data.characters import CharacterCorpus
+from mssl_core.engine import train
+from mssl_core.engine.checkpoints import load_model, save_model
+from mssl_core.engine.data.characters import CharacterCorpus
 
 
 def _blobs(split: str, n_per_class: int = 20, workers: int = 2) -> CharacterCorpus:

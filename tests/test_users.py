@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mssl_core import store, users
 from mssl_core.__main__ import main
-from mssl_core.export import audit_trail_csv
+from mssl_core.project import store, users
+from mssl_core.project.export import audit_trail_csv
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from mssl_core.checkpoints import Model
-from mssl_core.embedding_cache import CacheError, EmbeddingCache
-from mssl_core.images import ImageError, thumbnail_data_uri
-from mssl_core.labeling import FEATURE_SOURCES, default_method, model_for
-from mssl_core.pseudo_label import ProjectPrediction, pseudo_label_project
-from mssl_core.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
-from mssl_core.store import DecisionConflict, LabelingProject, StorageError, data_dir, open_project
-from mssl_core.users import list_users, password_is_right
+from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.model_cards import default_method
+from mssl_core.engine.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
+from mssl_core.labeling.adapt import FEATURE_SOURCES, model_for
+from mssl_core.labeling.embedding_cache import CacheError, EmbeddingCache
+from mssl_core.labeling.images import ImageError, thumbnail_data_uri
+from mssl_core.project.pseudo_label import ProjectPrediction, pseudo_label_project
+from mssl_core.project.store import DecisionConflict, LabelingProject, StorageError, data_dir, open_project
+from mssl_core.project.users import list_users, password_is_right
 
 
 def configured_password() -> str | None:

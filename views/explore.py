@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from mssl_core.projection import project_2d
+from mssl_core.project.projection import project_2d
 from views.common import (
     browser_session,
     current_predictions,

@@ -2,8 +2,14 @@
 
 import streamlit as st
 
-from mssl_core.export import audit_trail_csv, pseudonymised, to_class_folders_zip, to_csv, to_label_studio
-from mssl_core.pseudo_label import export_rows
+from mssl_core.project.export import (
+    audit_trail_csv,
+    pseudonymised,
+    to_class_folders_zip,
+    to_csv,
+    to_label_studio,
+)
+from mssl_core.project.pseudo_label import export_rows
 from views.common import download_button, require_project, require_unlocked
 
 require_unlocked()

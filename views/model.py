@@ -5,11 +5,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mssl_core.checkpoints import available_models
-from mssl_core.crossdomain import load_results, plain_summary
-from mssl_core.labeling import default_method, load_card
-from mssl_core.methods import METHODS
-from mssl_core.simulate import load_curves
+from mssl_core.benchmarks.crossdomain import load_results, plain_summary
+from mssl_core.benchmarks.simulate import load_curves
+from mssl_core.engine.checkpoints import available_models, load_card
+from mssl_core.engine.methods import METHODS
+from mssl_core.engine.model_cards import default_method
 from views.common import require_unlocked
 
 require_unlocked()

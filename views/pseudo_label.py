@@ -6,11 +6,12 @@ from dataclasses import asdict, replace
 
 import streamlit as st
 
-from mssl_core.checkpoints import available_models
-from mssl_core.ingest import demo_accuracy
-from mssl_core.labeling import FEATURE_SOURCES, choose_backbone, default_method
-from mssl_core.methods import METHODS
-from mssl_core.pseudo_label import pseudo_label_project, support_set
+from mssl_core.engine.checkpoints import available_models
+from mssl_core.engine.methods import METHODS
+from mssl_core.engine.model_cards import default_method
+from mssl_core.labeling.adapt import FEATURE_SOURCES, choose_backbone
+from mssl_core.project.ingest import demo_accuracy
+from mssl_core.project.pseudo_label import pseudo_label_project, support_set
 from views.common import (
     embedding_cache,
     load_model_for,

@@ -6,7 +6,7 @@ says so, and the rest of the batch re-adapts to it at once."""
 
 import streamlit as st
 
-from mssl_core.review import expected_errors, review_order, threshold_summary
+from mssl_core.project.review import expected_errors, review_order, threshold_summary
 from views.common import (
     browser_session,
     callback_notice,

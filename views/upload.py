@@ -4,11 +4,11 @@ from functools import partial
 
 import streamlit as st
 
-from mssl_core.images import ARCHIVE_LIMITS, read_label_csv
-from mssl_core.ingest import class_counts, ingest_uploads, load_demo
-from mssl_core.label_studio import label_studio_labels
-from mssl_core.store import create_project, delete_project, list_projects, members, set_members, slugify
-from mssl_core.users import list_users
+from mssl_core.integrations.label_studio import label_studio_labels
+from mssl_core.labeling.images import ARCHIVE_LIMITS, read_label_csv
+from mssl_core.project.ingest import class_counts, ingest_uploads, load_demo
+from mssl_core.project.store import create_project, delete_project, list_projects, members, set_members, slugify
+from mssl_core.project.users import list_users
 from views.common import (
     browser_session,
     close_project,

@@ -212,11 +212,11 @@ def test_label_the_demo_in_a_browser(server, tmp_path):
 
 def test_review_is_shared_across_sessions_and_survives_a_killed_server(tmp_path, monkeypatch):
     """Decisions live in the project database, not in the server: SIGKILL loses nothing."""
-    from mssl_core import store
-    from mssl_core.embedding_cache import EmbeddingCache
-    from mssl_core.ingest import load_demo
-    from mssl_core.labeling import model_for
-    from mssl_core.pseudo_label import pseudo_label_project
+    from mssl_core.labeling.adapt import model_for
+    from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.project import store
+    from mssl_core.project.ingest import load_demo
+    from mssl_core.project.pseudo_label import pseudo_label_project
 
     data = tmp_path / "data"
     monkeypatch.setenv("MSSL_DATA_DIR", str(data))
@@ -318,7 +318,7 @@ def test_with_a_password_no_page_opens_without_it(tmp_path):
 
 
 def test_a_named_user_logs_in_and_sees_only_their_own_projects(tmp_path, monkeypatch):
-    from mssl_core import store, users
+    from mssl_core.project import store, users
 
     monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))
     users.add_user("alice", "alice's secret")

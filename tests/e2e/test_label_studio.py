@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from mssl_core.data.paths import cache_dir
+from mssl_core.engine.data.paths import ASSETS_DIR, cache_dir
 from tests.e2e.test_browser import NETWORK_GUARD, REPO, _free_port
 
 VERSION = "1.23.2"
@@ -28,7 +28,7 @@ CONFIG = """<View><Image name="image" value="$image"/>
 <Choices name="label" toName="image" choice="single">
 <Choice value="trouser"/><Choice value="bag"/><Choice value="sandal"/></Choices></View>"""
 USER, PASSWORD = "annotator@example.com", "not-a-real-secret-1"
-DEMO = REPO / "assets" / "demo" / "labeled"
+DEMO = ASSETS_DIR / "demo" / "labeled"
 
 
 def label_studio_venv() -> Path:

@@ -1,0 +1,2 @@
+"""Measurements that print tables: cross-domain accuracy and calibration, speed, and the
+simulated reviewer of the review loop."""

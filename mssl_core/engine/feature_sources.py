@@ -1,0 +1,165 @@
+"""Feature sources without a meta-trained head, centred on each task's own images.
+
+A head meta-trained on characters can cost accuracy on images unlike them (chest films, slides,
+textures); plain ImageNet features, or even raw pixels, centred on the task's images and
+L2-normalised (SimpleShot, Wang et al. 2019), are the baseline it must beat. These sources
+feed the same meta-trained method as the MobileNetV2 head does, so the per-task choice
+(`labeling.choose_backbone`) can compare them by held-out log loss on the user's own labeled
+images and never do worse than no head where it can measure.
+
+- `imagenet`: average-pooled activations of four MobileNetV2 stages (mid-level texture to
+  object-level features; mid-level ones transfer better to far domains, Tseng et al. 2020's
+  CDFSL observations), each square-rooted (the power transform of Hu et al. 2021, which makes
+  ReLU features closer to Gaussian), centred on the task and L2-normalised, then joined.
+- `pixels`: the 28x28 grayscale pixels, centred on the task and L2-normalised.
+
+Either is mapped into the method's embedding space by a fixed random orthogonal projection at
+the scale the MobileNetV2 head learned, so the meta-trained method (and its temperature table)
+applies as it is; the per-task domain factor (calibration.py) corrects confidence from there.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from mssl_core.engine.backbones import MobileNetV2Backbone, PixelBackbone
+from mssl_core.engine.checkpoints import Model
+
+IMAGENET_STAGES = (13, 16, 17, 18)  # MobileNetV2 `features` blocks whose pooled outputs are used
+IMAGENET_STAGE_DIMS = (96, 160, 320, 1280)
+PROJECTION_SEED = 1
+
+
+class ImageNetStages(MobileNetV2Backbone):
+    """Frozen ImageNet MobileNetV2, pooled at several stages and joined (1,856-d); no head."""
+
+    name = "imagenet"
+    onnx_stem = "mobilenetv2-stages"
+
+    def __init__(self, image_size: int = 224):
+        super().__init__(image_size)
+        self.head = None
+        self.embedding_dim = sum(IMAGENET_STAGE_DIMS)
+
+    def _torch_features(self, x: Tensor) -> Tensor:
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        pooled = []
+        for index, block in enumerate(self.features):
+            x = block(x)
+            if index in IMAGENET_STAGES:
+                pooled.append(x.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.frozen_features(x).clone()
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Nothing is trained: the ImageNet weights come from their package."""
+
+
+def orthogonal_projection(in_dim: int, out_dim: int, seed: int = PROJECTION_SEED) -> Tensor:
+    """A fixed random `in_dim` x `out_dim` map with orthonormal columns, scaled to keep norms
+    (Johnson-Lindenstrauss: distances between images are kept)."""
+    generator = torch.Generator().manual_seed(seed)
+    orthogonal, _ = torch.linalg.qr(torch.randn(in_dim, out_dim, generator=generator))
+    return orthogonal * (in_dim / out_dim) ** 0.5
+
+
+class TaskCentred:
+    """A method applied to features centred on the task's own images.
+
+    `fit` takes the mean over the labeled and unlabeled images of the task; every image (those
+    it fits on and any it predicts later) is then transformed the same way: per block of
+    features an optional power transform, minus the task mean, L2 normalisation; the blocks
+    joined, normalised again and projected into the method's embedding space at `scale`.
+    """
+
+    def __init__(self, method, blocks: tuple[int, ...], power: float | None, out_dim: int, scale: float):
+        self.method, self.blocks, self.power, self.scale = method, blocks, power, scale
+        self.projection = orthogonal_projection(sum(blocks), out_dim)
+        self.mean: Tensor | None = None
+        self.name = method.name
+        self.family = getattr(method, "family", "")
+        self.description = getattr(method, "description", "")
+        self.uses_unlabeled = getattr(method, "uses_unlabeled", False)
+        self.meta_trained = getattr(method, "meta_trained", True)
+
+    def _powered(self, x: Tensor) -> Tensor:
+        if self.power is None:
+            return x
+        # sqrt is several times faster than pow(0.5) on 2 cores (re-adapting 10,000 images)
+        return x.clamp_min(0).sqrt() if self.power == 0.5 else x.clamp_min(0).pow(self.power)
+
+    def transform(self, x: Tensor) -> Tensor:
+        """Features of `x` centred on the fitted task, normalised and projected."""
+        return self._mapped(self._powered(x.float()))
+
+    def _mapped(self, powered: Tensor) -> Tensor:
+        if self.mean is None:
+            raise RuntimeError(f"{self.name}: call fit() before predicting")
+        pieces = powered.sub(self.mean).split(list(self.blocks), dim=1)
+        joined = torch.cat([nn.functional.normalize(p, dim=1) for p in pieces], dim=1)
+        return self.scale * nn.functional.normalize(joined, dim=1) @ self.projection
+
+    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
+        task_images = support if unlabeled is None else torch.cat([support, unlabeled])
+        powered = self._powered(task_images.float())
+        # summed in double precision, so the same images in another order (after a correction)
+        # get bitwise the same features, and propagation finds its remembered neighbour lists
+        self.mean = powered.double().mean(0, keepdim=True).float()
+        # one call for all of them: matrix products round a row differently in a batch of
+        # another size, and a corrected image must keep its exact features (see above)
+        mapped = self._mapped(powered)
+        mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
+        self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
+        return self
+
+    @property
+    def temperature(self) -> float:
+        return self.method.temperature  # AttributeError for baselines without a table
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.method.logits(self.transform(x))
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        return self.method.predict_proba(self.transform(x))
+
+    def task_parameters(self) -> list[Tensor]:
+        return self.method.task_parameters() if hasattr(self.method, "task_parameters") else []
+
+    def set_task_parameters(self, tensors: list[Tensor]) -> None:
+        self.method.set_task_parameters(tensors)
+
+
+CENTRED_SOURCES = ("imagenet", "pixels")
+
+
+def centred_method(base: Model, blocks: tuple[int, ...], power: float | None) -> TaskCentred:
+    """`base`'s method (a MobileNetV2 checkpoint's) on task-centred features of `blocks`."""
+    head = base.backbone.head
+    return TaskCentred(
+        copy.deepcopy(base.method), blocks, power, head.projection.shape[1], head.log_scale.exp().item()
+    )
+
+
+def centred_model(base: Model, source: str) -> Model:
+    """`base`'s method (a MobileNetV2 checkpoint's) on the task-centred headless `source`."""
+    if source == "imagenet":
+        backbone, blocks, power = ImageNetStages(), IMAGENET_STAGE_DIMS, 0.5
+    else:
+        backbone = PixelBackbone()
+        blocks, power = (backbone.embedding_dim,), None
+    # the features depend on the source alone, so every method shares their cached embeddings
+    return Model(
+        f"{source}+{base.name}",
+        backbone.eval(),
+        centred_method(base, blocks, power),
+        base.card,
+        fingerprint="centred-v1",
+    )

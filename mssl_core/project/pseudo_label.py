@@ -1,0 +1,158 @@
+"""Pseudo-labeling a stored labeling project: the labeled images plus every accepted or
+corrected decision form the support set; the undecided images are the unlabeled batch the
+method adapts with. Embeddings come from the cache (see bulk.py), so re-adapting after a decision costs
+only the method's `fit`, not the backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.ssl import SSLOptions
+from mssl_core.labeling.adapt import Prediction, adapt
+from mssl_core.labeling.bulk import embed_files
+from mssl_core.labeling.embedding_cache import EmbeddingCache
+from mssl_core.labeling.label_issues import suspicious_labels
+from mssl_core.project.export import ExportRow
+from mssl_core.project.store import LabelingProject, StoredImage
+
+
+@dataclass
+class ProjectPrediction:
+    """Predictions for every unlabeled image of a project, aligned with `images`."""
+
+    images: list[StoredImage]
+    prediction: Prediction
+    support_embeddings: np.ndarray
+    decisions: dict[int, tuple[str, str | None]]
+    suspicious: list[tuple[StoredImage, str]]  # labeled images that may be mislabeled, and the likelier class
+
+    def status(self, image: StoredImage) -> str:
+        action = self.decisions.get(image.id, ("", None))[0]
+        return {"accept": "accepted", "correct": "corrected", "skip": "skipped"}.get(action, "pseudo-labeled")
+
+
+def support_set(
+    project: LabelingProject, decisions: dict[int, tuple[str, str | None]]
+) -> list[tuple[StoredImage, str]]:
+    """Labeled images and unlabeled images a person accepted or corrected, with their labels."""
+    support = [(image, image.label) for image in project.images("labeled") if image.label]
+    for image in project.images("unlabeled"):
+        action, label = decisions.get(image.id, ("", None))
+        if action in ("accept", "correct") and label:
+            support.append((image, label))
+    return support
+
+
+def pseudo_label_project(
+    project: LabelingProject,
+    model: Model,
+    cache: EmbeddingCache,
+    progress: Callable[[float], None] | None = None,
+    ssl: SSLOptions | None = None,
+) -> ProjectPrediction:
+    """Embed (cached), adapt to the current support set, predict, and store the predictions.
+
+    Images a person labeled count once, as support; only the undecided ones (and skipped
+    ones) are the unlabeled batch the method adapts with. Every unlabeled image is predicted."""
+    decisions = project.current_decisions()
+    support = support_set(project, decisions)
+    classes = sorted({label for _, label in support})
+    if len(classes) < 2:
+        raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
+    unlabeled = project.images("unlabeled")
+    stored = [image for image, _ in support] + unlabeled
+    embeddings = _cached_embeddings(stored, model, cache)
+    if embeddings is None:
+        embedded = embed_files(
+            model.backbone,
+            model.backbone_key,
+            [image.path for image in stored],
+            cache,
+            log=lambda _: None,
+            progress=None if progress is None else lambda done, total: progress(done / total),
+        )
+        unreadable = [
+            (image.path, error) for image, error in zip(stored, embedded.errors, strict=True) if error
+        ]
+        if unreadable:  # checked when uploaded, so the project folder was changed behind our back
+            path, error = unreadable[0]
+            raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
+        embeddings = embedded.embeddings
+    support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
+    labels = torch.tensor([classes.index(label) for _, label in support])
+    labeled_ids = {image.id for image, _ in support}
+    decided = np.array([image.id in labeled_ids for image in unlabeled], dtype=bool)
+    batch = torch.from_numpy(embeddings[len(support) :].copy())
+    labeled_rows = sum(image.role == "labeled" for image, _ in support)  # they come first
+    prediction = adapt_batch(model, classes, support_embeddings, labels, batch, decided, ssl, labeled_rows)
+    saved = project.predictions()
+    changed = [
+        (image.id, label, float(confidence))
+        for image, label, confidence in zip(unlabeled, prediction.labels, prediction.confidence, strict=True)
+        if saved.get(image.id) != (label, float(confidence))
+    ]
+    if changed:  # a rerun that moved nothing writes nothing
+        project.save_predictions(changed, model.name)
+    suspicious = []
+    if prediction.held_out is not None:  # rows: the leading support images, the labeled ones first
+        rows = min(len(prediction.held_out), labeled_rows)
+        confirmed = project.confirmed_labels()
+        for row in suspicious_labels(labels[:rows].numpy(), prediction.held_out[:rows]):
+            image = support[row][0]
+            if image.id not in confirmed:
+                suspicious.append((image, classes[int(prediction.held_out[row].argmax())]))
+    return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious)
+
+
+def adapt_batch(
+    model: Model,
+    classes: list[str],
+    support: Tensor,
+    labels: Tensor,
+    batch: Tensor,
+    decided: np.ndarray,
+    ssl: SSLOptions | None = None,
+    labeled_rows: int | None = None,
+) -> Prediction:
+    """The review loop's one step, shared by the app and `simulate`: adapt to the support set
+    (labeled images plus the batch images a person decided, which are also in `batch`) with the
+    undecided rest as the unlabeled images, and predict the whole batch; confidence is calibrated
+    on the first `labeled_rows` of the support (the user's labeled images, see
+    `labeling.fit_task`)."""
+    return adapt(model, classes, support, labels, batch[torch.from_numpy(~decided)], batch, ssl, labeled_rows)
+
+
+def _cached_embeddings(
+    images: list[StoredImage], model: Model, cache: EmbeddingCache | None
+) -> np.ndarray | None:
+    """Every image's embedding straight from the cache by its stored content hash, so a rerun
+    reads and hashes no file; None if any is missing (then the files are embedded)."""
+    if cache is None or not images:
+        return None
+    found = cache.get_many(model.backbone_key, [image.sha256 for image in images])
+    if len(found) < len({image.sha256 for image in images}):
+        return None
+    return np.stack([found[image.sha256] for image in images])
+
+
+def export_rows(project: LabelingProject, include_pseudo_labels: bool) -> list[ExportRow]:
+    """Final labels: labeled images, human decisions, and (optionally) stored pseudo-labels."""
+    decisions = project.current_decisions()
+    predictions = project.predictions()
+    rows = [ExportRow(i.name, i.label, None, "labeled", i.path) for i in project.images("labeled")]
+    for image in project.images("unlabeled"):
+        action, label = decisions.get(image.id, ("", None))
+        if action in ("accept", "correct"):
+            confidence = predictions.get(image.id, (None, None))[1]
+            status = "accepted" if action == "accept" else "corrected"
+            rows.append(ExportRow(image.name, label, confidence, status, image.path))
+        elif include_pseudo_labels and image.id in predictions:
+            label, confidence = predictions[image.id]
+            rows.append(ExportRow(image.name, label, confidence, "pseudo-labeled", image.path))
+    return rows
