@@ -5,7 +5,7 @@ import streamlit as st
 
 from mssl_core.engine.data.paths import ASSETS_DIR
 from mssl_core.project.store import keep_files_private
-from views.common import current_user, locked, log_out, login_required, md, password_prompt
+from views.access import current_user, locked, log_out, login_required, md, password_prompt
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ICON = ASSETS_DIR / "icon.svg"

@@ -3,7 +3,7 @@ images are already embedded, and the re-adapt after one new annotation, at 1,000
 
 The backend runs with the shipped default model behind Starlette's TestClient; a stand-in for
 Label Studio serves 1,000 Fashion-MNIST images (Debian's dataset-fashion-mnist), so the figures
-are the backend's own, without Label Studio's. Run: `PYTHONPATH=. python scripts/bench_label_studio.py`."""
+are the backend's own, without Label Studio's. Run: `python scripts/bench_label_studio.py`."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ class, 150 tasks per domain. For each, the ECE with the validation temperature t
 with the domain factor under a prior sd of 1 (shipped), 2 and none (maximum likelihood), and
 the factor that would be right (fitted on the queries themselves, for comparison only):
 
-    PYTHONPATH=. python scripts/calibration_under_shift.py [MODEL ...] > docs/calibration_shift.txt
+    python scripts/calibration_under_shift.py [MODEL ...] > docs/calibration_shift.txt
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Writes the bundled demo (assets/demo/): a few labeled and a batch of unlabeled Fashion-MNIST
+"""Writes the bundled demo (mssl_core/assets/demo/): a few labeled and a batch of unlabeled Fashion-MNIST
 images, from Debian's dataset-fashion-mnist, with a fixed seed. The output is shipped; to remake it:
-`PYTHONPATH=. python scripts/make_demo_data.py`."""
+`python scripts/make_demo_data.py`."""
 
 import numpy as np
 from PIL import Image

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mssl_core.benchmarks.crossdomain import domain_pool  # noqa: E402
-from mssl_core.benchmarks.simulate import (  # noqa: E402
+from mssl_core.benchmarks.crossdomain import domain_pool
+from mssl_core.benchmarks.simulate import (
     CURVES_PATH,
     CurvePoint,
     actions_to_reach,
     simulate_folders,
     simulate_review,
 )
-from mssl_core.engine.data.domains import DOMAINS, domain  # noqa: E402
-from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec  # noqa: E402
-from mssl_core.engine.data.paths import ASSETS_DIR  # noqa: E402
+from mssl_core.engine.data.domains import DOMAINS, domain
+from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
+from mssl_core.engine.data.paths import ASSETS_DIR
 from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import model_for
 

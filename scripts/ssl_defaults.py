@@ -1,7 +1,7 @@
 """How the semi-supervised options of ssl.py change accuracy and calibration on meta-validation
 classes (never test classes): the measurement behind `DEFAULT_SSL`. Prints a table.
 
-    PYTHONPATH=. python scripts/ssl_defaults.py [--episodes 200]
+    python scripts/ssl_defaults.py [--episodes 200]
 """
 
 from __future__ import annotations

@@ -260,3 +260,17 @@ def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(
     assert not app.exception
     assert store.open_project("demo", create=False).image(slip.id).label == "bag"
     assert not any(b.label.startswith("Relabel as") and b.key == f"relabel-{slip.id}" for b in app.button)
+
+
+def test_try_the_demo_is_one_click_from_the_landing_page(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSSL_DATA_DIR", str(tmp_path / "data"))
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    assert not app.exception and app.title[0].value == "MSSL Label Assist"
+    _button(app, "Try the demo").click().run()
+    assert not app.exception
+    assert app.title[0].value == "Pseudo-label" and app.session_state["project"] == "demo"
+    project = store.open_project("demo", create=False)
+    assert len(project.images("labeled")) == 25 and len(project.images("unlabeled")) == 300
+    # again (another visit): the same project, nothing added twice
+    _button(AppTest.from_file(APP, default_timeout=120).run(), "Try the demo").click().run()
+    assert len(project.images("unlabeled")) == 300

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from broken_inputs import PATIENT_ID, PATIENT_NAME, Case, cases, dicom, encoded
 
-from mssl_core.__main__ import main
+from mssl_core.cli import main
 from mssl_core.labeling.images import ImageError, UploadedFile, decode_image, expand_uploads, read_label_csv
 from mssl_core.project import store
 from mssl_core.project.export import to_class_folders_zip, to_csv, to_label_studio

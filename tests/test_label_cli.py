@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mssl_core.__main__ import main
+from mssl_core.cli import main
 from mssl_core.engine.backbones import make_backbone
 from mssl_core.engine.checkpoints import MODELS_DIR, Model, load_model, save_model
 from mssl_core.engine.methods import make_method
@@ -73,7 +73,7 @@ def test_label_cli_refuses_a_single_class(shape_folders, tiny_models, tmp_path):
         for file in (support / extra).iterdir():
             file.unlink()
         (support / extra).rmdir()
-    with pytest.raises(ValueError, match="at least two class"):
+    with pytest.raises(ValueError, match="at least two classes"):
         main(
             [
                 "label",

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import gaussian_task
 
+from mssl_core.engine.contract import Method
 from mssl_core.engine.methods import METHODS, make_method
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
@@ -68,3 +69,20 @@ def test_handles_more_classes_than_shots(name, ssl):
     proba = _method(name, ssl).fit(support, labels, unlabeled).predict_proba(unlabeled)
     _probabilities_are_valid(proba, len(unlabeled), 12)
     assert (proba.argmax(1) == unlabeled_labels).float().mean() > 0.6
+
+
+@pytest.mark.parametrize(("name", "ssl"), VARIANTS)
+def test_declares_everything_callers_use(name, ssl):
+    """The whole contract, declared rather than probed: descriptions for the app, and logits at
+    the temperature are the probabilities (baselines: no temperature, logits are log-probabilities)."""
+    support, labels, unlabeled, _ = _task()
+    method = _method(name, ssl).fit(support, labels, unlabeled)
+    assert isinstance(method, Method)
+    assert method.name == name and method.family and method.description
+    assert method.meta_trained == METHODS[name].meta_trained
+    assert method.uses_unlabeled == (ssl or METHODS[name].uses_unlabeled)
+    assert all(isinstance(t, torch.Tensor) for t in method.task_parameters())
+    temperature = 1.0 if method.temperature is None else method.temperature
+    assert (method.temperature is None) == (not METHODS[name].meta_trained)
+    proba = method.predict_proba(unlabeled)
+    assert torch.allclose(torch.softmax(method.logits(unlabeled) / temperature, dim=1), proba, atol=1e-4)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mssl_core.__main__ import main
+from mssl_core.cli import main
 
 pytest.importorskip("ray.data")
 

@@ -102,7 +102,7 @@ def test_the_zip_never_has_a_member_outside_its_class_folder(tmp_path):
 
 
 def test_markdown_in_names_is_shown_as_text():
-    from views.common import md
+    from views.access import md
 
     for hostile in ["![x](http://203.0.113.7/b.png)", "[Session expired](http://203.0.113.7)", ":red[x] **b**"]:
         escaped = md(hostile)
@@ -116,13 +116,13 @@ def _log_in(app: AppTest, password: str) -> AppTest:
 
 
 def test_wrong_passwords_lock_the_log_in_for_everyone_for_a_while(monkeypatch):
-    from views import common
+    from views import access
 
     monkeypatch.setenv("MSSL_PASSWORD", "correct horse")
-    throttle = common.LoginThrottle()
-    monkeypatch.setattr(common, "login_throttle", lambda: throttle)
+    throttle = access.LoginThrottle()
+    monkeypatch.setattr(access, "login_throttle", lambda: throttle)
     app = AppTest.from_file(APP, default_timeout=60).run()
-    for _ in range(common.FREE_ATTEMPTS):
+    for _ in range(access.FREE_ATTEMPTS):
         assert "Wrong password." in [e.value for e in _log_in(app, "guess").error]
     # a new session (a guesser's new tab) with the right password still waits
     other = _log_in(AppTest.from_file(APP, default_timeout=60).run(), "correct horse")
@@ -133,12 +133,12 @@ def test_wrong_passwords_lock_the_log_in_for_everyone_for_a_while(monkeypatch):
 
 
 def test_a_session_idle_too_long_is_logged_out(monkeypatch):
-    from views import common
+    from views import access
 
     monkeypatch.setenv("MSSL_PASSWORD", "correct horse")
     app = _log_in(AppTest.from_file(APP, default_timeout=60).run(), "correct horse")
     assert not app.text_input
-    app.session_state["last_seen"] -= common.IDLE_MINUTES * 60 + 1
+    app.session_state["last_seen"] -= access.IDLE_MINUTES * 60 + 1
     app.run()
     assert app.text_input and app.text_input[0].label == "Password"
 

@@ -85,7 +85,7 @@ def test_truth_naming_a_class_with_no_labeled_images_is_refused_with_its_line(tm
 
 
 def test_simulate_command_on_folders(shape_folders, tiny_models, tmp_path, capsys):
-    from mssl_core.__main__ import main
+    from mssl_core.cli import main
 
     support, unlabeled, truth = shape_folders
     (tmp_path / "truth.csv").write_text("file,label\n" + "".join(f"{f},{t}\n" for f, t in truth.items()))

@@ -139,3 +139,18 @@ def test_a_labeled_example_relabeled_or_confirmed_is_in_the_audit_trail_and_not_
     with pytest.raises(ValueError, match="not a labeled image"):
         unlabeled, _ = reopened.add_image(b"\x89PNG three", "c.png", "unlabeled")
         reopened.relabel(unlabeled.id, "cat")
+
+
+def test_decide_many_accepts_or_corrects_each_image_in_one_transaction():
+    project = store.open_project("bulk")
+    images = [project.add_image(bytes([i]), f"{i}.png", "unlabeled")[0] for i in range(4)]
+    predicted = {image.id: "cat" for image in images}
+    project.decide_many({images[0].id: "cat", images[1].id: "dog"}, predicted, session="explore")
+    assert project.current_decisions() == {images[0].id: ("accept", "cat"), images[1].id: ("correct", "dog")}
+
+    pages = project.db.execute("PRAGMA page_count").fetchone()[0]
+    project.db.execute(f"PRAGMA max_page_count = {pages}")  # full before the last row is written
+    many = {image.id: "bird" * 2000 for image in images[2:]}
+    with pytest.raises(store.StorageError):
+        project.decide_many(many, predicted)
+    assert set(project.current_decisions()) == {images[0].id, images[1].id}  # all or nothing

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mssl_core.__main__ import main
+from mssl_core.cli import main
 from mssl_core.project import store, users
 from mssl_core.project.export import audit_trail_csv
 
@@ -69,7 +69,7 @@ def test_every_decision_records_the_user_who_made_it(alice_and_bob):
     project.decide(first.id, "accept", "cat", session="tab-1")
     store.set_members("ward", ["alice", "bob"])
     as_bob = store.open_project("ward", create=False, user="bob")
-    as_bob.accept_all({second.id: "dog"}, session="tab-2")
+    as_bob.decide_many({second.id: "dog"}, session="tab-2")
     as_bob.decide(first.id, "correct", "dog", session="tab-2")
     trail = as_bob.audit_trail()
     assert [(t["user"], t["action"], t["label"]) for t in trail] == [
@@ -94,13 +94,13 @@ def _log_in(app: AppTest, user: str, password: str) -> AppTest:
 
 
 def test_a_wrong_password_for_a_user_is_refused_and_throttled(alice_and_bob, monkeypatch):
-    from views import common
+    from views import access
 
-    throttle = common.LoginThrottle()
-    monkeypatch.setattr(common, "login_throttle", lambda: throttle)
+    throttle = access.LoginThrottle()
+    monkeypatch.setattr(access, "login_throttle", lambda: throttle)
     app = AppTest.from_file(APP, default_timeout=60).run()
     assert [t.label for t in app.text_input] == ["User", "Password"]
-    for _ in range(common.FREE_ATTEMPTS):
+    for _ in range(access.FREE_ATTEMPTS):
         assert "Wrong user name or password." in [e.value for e in _log_in(app, "alice", "bob's secret!").error]
     other = _log_in(AppTest.from_file(APP, default_timeout=60).run(), "alice", "alice's secret")
     assert any("Too many wrong passwords" in e.value for e in other.error) and other.text_input

@@ -10,13 +10,12 @@ import plotly.express as px
 import streamlit as st
 
 from mssl_core.project.projection import project_2d
+from views.access import md, require_unlocked
 from views.common import (
     browser_session,
     current_predictions,
     hover_thumbnails,
-    md,
     require_project,
-    require_unlocked,
     saved_or_reported,
     show_images,
     thumbnails,
@@ -102,8 +101,8 @@ if selected:
     if st.button(f"Assign '{md(label)}' to {len(selected)} images", type="primary"):
         predicted = dict(zip(frame["id"], prediction.labels, strict=True))
         with saved_or_reported():
-            for image_id in selected:
-                action = "accept" if predicted[image_id] == label else "correct"
-                project.decide(image_id, action, label, session=f"explore {browser_session()}")
+            project.decide_many(
+                dict.fromkeys(selected, label), predicted, session=f"explore {browser_session()}"
+            )
         st.toast(f"Saved {len(selected)} labels.")
         st.rerun()

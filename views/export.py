@@ -10,7 +10,8 @@ from mssl_core.project.export import (
     to_label_studio,
 )
 from mssl_core.project.pseudo_label import export_rows
-from views.common import download_button, require_project, require_unlocked
+from views.access import require_unlocked
+from views.common import download_button, require_project
 
 require_unlocked()
 st.title("Export")

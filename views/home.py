@@ -1,8 +1,10 @@
-"""Home: what the app does and the steps to follow."""
+"""Home: what the app does, the steps to follow, and the demo in one click."""
 
 import streamlit as st
 
-from views.common import require_unlocked
+from mssl_core.project.ingest import demo_project
+from mssl_core.project.store import StorageError
+from views.access import current_user, require_unlocked, set_current_project
 
 require_unlocked()
 st.title("MSSL Label Assist")
@@ -12,11 +14,28 @@ Give a handful of labeled images and a large unlabeled batch; get the batch back
 pseudo-labeled, with a confidence you can trust, and correct it quickly.
 
 Under the hood, a model **meta-trained** to learn from a few examples adapts to your classes
-and also learns from your **unlabeled** images (soft k-means refinement of the class centres).
-
+and also learns from your **unlabeled** images.
+"""
+)
+if st.button(
+    "Try the demo",
+    type="primary",
+    icon=":material/play_arrow:",
+    help="A project with 25 labeled and 300 unlabeled images of clothing, ready to pseudo-label",
+):
+    try:
+        with st.spinner("Preparing the demo project…"):
+            name = demo_project(current_user())
+    except (StorageError, FileNotFoundError) as error:
+        st.error(f"The demo project could not be prepared: {error}")
+        st.stop()
+    set_current_project(name)
+    st.switch_page("views/pseudo_label.py")
+st.markdown(
+    """
 **The steps** (left menu):
 1. **Project & upload** — create a project, add a few labeled examples per class and the
-   unlabeled batch. No files at hand? Press *Load demo data*.
+   unlabeled batch.
 2. **Pseudo-label** — one button; a few seconds for a few hundred images.
 3. **Review** — the uncertain images first; accept, correct or skip (keyboard: A, 1–9, S, Z),
    or accept everything above a confidence threshold.
@@ -28,4 +47,6 @@ Everything stays on this machine: images, labels and decisions are saved in the 
 database as you go, so you can close the browser and come back.
 """
 )
-st.page_link("views/upload.py", label="Start: Project & upload", icon=":material/arrow_forward:")
+st.page_link(
+    "views/upload.py", label="Start with your own images: Project & upload", icon=":material/arrow_forward:"
+)

@@ -10,7 +10,7 @@ from mssl_core.benchmarks.simulate import load_curves
 from mssl_core.engine.checkpoints import available_models, load_card
 from mssl_core.engine.methods import METHODS
 from mssl_core.engine.model_cards import default_method
-from views.common import require_unlocked
+from views.access import require_unlocked
 
 require_unlocked()
 st.title("The model")
@@ -51,7 +51,7 @@ st.dataframe(
         [
             {"method": name, "family": cls.family, "what it does": cls.description}
             for name, cls in METHODS.items()
-            if name in shipped or not getattr(cls, "meta_trained", True)
+            if name in shipped or not cls.meta_trained
         ]
     ),
     hide_index=True,

@@ -11,15 +11,9 @@ from mssl_core.engine.methods import METHODS
 from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import FEATURE_SOURCES, choose_backbone
 from mssl_core.project.ingest import demo_accuracy
-from mssl_core.project.pseudo_label import pseudo_label_project, support_set
-from views.common import (
-    embedding_cache,
-    load_model_for,
-    project_ssl,
-    require_project,
-    require_unlocked,
-    saved_or_reported,
-)
+from mssl_core.project.pseudo_label import project_task, pseudo_label_project
+from views.access import require_unlocked
+from views.common import embedding_cache, load_model_for, project_ssl, require_project, saved_or_reported
 
 require_unlocked()
 st.title("Pseudo-label")
@@ -27,9 +21,9 @@ project = require_project()
 
 shipped = {name.split("-", 1)[1] for name in available_models()}
 best = default_method()
-choices = [m for m in METHODS if m in shipped or not getattr(METHODS[m], "meta_trained", True)]
+choices = [m for m in METHODS if m in shipped or not METHODS[m].meta_trained]
 # The recommended method first, then the other meta-trained ones, baselines last.
-choices.sort(key=lambda m: (m != best, not getattr(METHODS[m], "meta_trained", True), m))
+choices.sort(key=lambda m: (m != best, not METHODS[m].meta_trained, m))
 saved = project.setting("method") or best
 method = st.radio(
     "How should the model use your images?",
@@ -86,9 +80,7 @@ ssl = replace(
     consistency_weight=(saved_ssl.consistency_weight or 0.1) if consistency else 0.0,
 )
 
-support = support_set(project, project.current_decisions())
-classes = sorted({label for _, label in support})
-if len(classes) < 2 or not project.images("unlabeled"):
+if not project_task(project).ready:
     st.warning("Add labeled examples of at least two classes and some unlabeled images first.")
     st.stop()
 

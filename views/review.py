@@ -7,14 +7,14 @@ says so, and the rest of the batch re-adapts to it at once."""
 import streamlit as st
 
 from mssl_core.project.review import expected_errors, review_order, threshold_summary
+from mssl_core.project.store import decision_action
+from views.access import md, require_unlocked
 from views.common import (
     browser_session,
     callback_notice,
     current_predictions,
     labels_to_check,
-    md,
     require_project,
-    require_unlocked,
     saved_in_callback,
     show_images,
 )
@@ -42,7 +42,7 @@ def shown_labels(indices: list[int]) -> dict[int, str]:
 
 def accept_all(labels: dict[int, str]) -> None:
     """A button's callback: accept these pseudo-labels in one transaction."""
-    if saved_in_callback(lambda: project.accept_all(labels, session=SESSION)):
+    if saved_in_callback(lambda: project.decide_many(labels, session=SESSION)):
         st.toast(f"Saved {len(labels)} accepted labels.")
 
 
@@ -108,7 +108,7 @@ def decide(image, shown, action: str, label: str | None = None) -> None:
 
 def choose(image, predicted: str, chosen: str) -> tuple:
     """`decide`'s arguments for picking `chosen`: an accept when it is the model's answer."""
-    return image, result.decisions.get(image.id), "accept" if chosen == predicted else "correct", chosen
+    return image, result.decisions.get(image.id), decision_action(chosen, predicted), chosen
 
 
 def undo(last: dict) -> None:

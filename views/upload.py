@@ -9,20 +9,17 @@ from mssl_core.labeling.images import ARCHIVE_LIMITS, read_label_csv
 from mssl_core.project.ingest import class_counts, ingest_uploads, load_demo
 from mssl_core.project.store import create_project, delete_project, list_projects, members, set_members, slugify
 from mssl_core.project.users import list_users
+from views.access import current_user, md, require_unlocked, set_current_project
 from views.common import (
     browser_session,
     close_project,
     current_predictions,
     current_project_name,
-    current_user,
     embedding_cache,
     forget_current_project,
     labels_to_check,
-    md,
     require_project,
-    require_unlocked,
     saved_or_reported,
-    set_current_project,
     show_images,
 )
 

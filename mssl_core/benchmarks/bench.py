@@ -9,6 +9,7 @@ benchmark needs no data and decodes what a camera would give.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import resource
@@ -23,6 +24,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mssl_core.engine.data.paths import cache_dir
+
+logger = logging.getLogger(__name__)
 
 PHOTO_CLASSES = ("disc", "square", "triangle", "stripes", "ring")
 LABEL_SIZES = (100, 1_000, 10_000)
@@ -158,7 +161,7 @@ def embedding_throughput(repeats: int, threads: int) -> list[dict]:
     paths = {"conv4": [("torch", None)], "mobilenetv2": [("onnxruntime", "onnxruntime"), ("torch", "torch")]}
     for name, options in paths.items():
         backbone = make_backbone(name).eval()
-        side = getattr(backbone, "image_size", 28)
+        side = backbone.image_size
         channels = 3 if name == "mobilenetv2" else 1
         batch = torch.rand(64, channels, side, side)
         for path, setting in options:
@@ -193,7 +196,7 @@ def run_bench(
     readapt_sizes: tuple[int, ...] = READAPT_SIZES,
     repeats: int = 3,
     threads: int = 2,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
 ) -> dict:
     """Every measurement of the benchmark, as one JSON-ready dict."""
     from mssl_core.engine.model_cards import default_method

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +41,8 @@ from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.engine.evaluate import cached_pool
 from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import FEATURE_SOURCES, fit_task, model_for
+
+logger = logging.getLogger(__name__)
 
 SHOTS = (1, 5, 10)
 MAX_WAYS = 5
@@ -170,7 +172,9 @@ def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict[s
     return outcomes
 
 
-def setting_rows(setting: Setting, episodes: int, seed: int, log: Callable[[str], None] = print) -> list[dict]:
+def setting_rows(
+    setting: Setting, episodes: int, seed: int, log: Callable[[str], None] = logger.info
+) -> list[dict]:
     """Every row of one setting over the same `episodes` tasks."""
     method = default_method()
     d = domain(setting.domain)
@@ -275,7 +279,7 @@ def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -
 
 def _setting_rows_in_worker(args: tuple) -> list[dict]:
     torch.set_num_threads(1)  # one process per core
-    return setting_rows(*args, log=lambda message: print(message, file=sys.stderr, flush=True))
+    return setting_rows(*args, log=logger.info)
 
 
 def run_crossdomain(
@@ -284,7 +288,7 @@ def run_crossdomain(
     seed: int = 0,
     shots: tuple[int, ...] = SHOTS,
     jobs: int = 1,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
     ways: tuple[int, ...] = (MAX_WAYS,),
 ) -> list[dict]:
     """Rows of every setting (see the module docstring)."""

@@ -87,9 +87,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 def calibrated_logits(method, x: Tensor) -> Tensor:
     """Logits at the table's temperature; for baselines without one, log-probabilities (whose
     softmax is the same probabilities)."""
-    if hasattr(method, "temperature"):
-        return method.logits(x) / method.temperature
-    return method.predict_proba(x).clamp_min(1e-12).log()
+    if method.temperature is None:
+        return method.logits(x)  # a baseline's: its log-probabilities
+    return method.logits(x) / method.temperature
 
 
 def held_out_predictions(
@@ -176,7 +176,7 @@ def held_out_calibration(
     """`held_out_domain_factor`, and each labeled image's held-out probabilities at it (rows
     in the order of `support`)."""
     counts = torch.bincount(support_labels)
-    if len(counts) < 2 or (counts < 2).any() or not hasattr(method, "temperature"):
+    if len(counts) < 2 or (counts < 2).any() or method.temperature is None:
         return None
     logits, labels = held_out_predictions(method, support, support_labels, unlabeled)
     factor = fit_temperature(logits, labels, prior_sd=prior_sd)

@@ -36,6 +36,7 @@ from mssl_core.engine.calibration import (
     held_out_rows,
 )
 from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.contract import Method, MethodWrapper
 from mssl_core.engine.feature_sources import IMAGENET_STAGE_DIMS, ImageNetStages, TaskCentred, centred_method
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.ssl import SSLOptions, with_ssl
@@ -105,12 +106,12 @@ class JointFeatures(Backbone):
         """Nothing of its own: the head and Conv-4 come from their checkpoints."""
 
 
-class Sliced:
+class Sliced(MethodWrapper):
     """A method on one source's slice of the joint features."""
 
-    def __init__(self, method, where: slice):
-        self.method, self.where = method, where
-        self.name = method.name
+    def __init__(self, method: Method, where: slice):
+        super().__init__(method)
+        self.where = where
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> Sliced:
         self.method.fit(
@@ -118,21 +119,11 @@ class Sliced:
         )
         return self
 
-    @property
-    def temperature(self) -> float:
-        return self.method.temperature  # AttributeError for baselines without a table
-
     def logits(self, x: Tensor) -> Tensor:
         return self.method.logits(x[:, self.where])
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.method.predict_proba(x[:, self.where])
-
-    def task_parameters(self) -> list[Tensor]:
-        return getattr(self.method, "task_parameters", list)()
-
-    def set_task_parameters(self, tensors: list[Tensor]) -> None:
-        self.method.set_task_parameters(tensors)
 
 
 @dataclass(frozen=True)
@@ -149,14 +140,14 @@ class SourceEnsemble:
     """The members' calibrated log-probabilities averaged, at a temperature of its own; see the
     module docstring. `checked`: calibrated on the user's labeled images (every class has two)."""
 
+    per_dimension = False
+
     def __init__(self, members: dict[str, Sliced], one_shot_factors: dict[str, float] = ONE_SHOT_FACTORS):
         self.members, self.one_shot_factors = members, one_shot_factors
         first = next(iter(members.values())).method
         self.name = first.name
-        self.family = getattr(first, "family", "")
-        self.description = getattr(first, "description", "")
-        self.uses_unlabeled = getattr(first, "uses_unlabeled", False)
-        self.meta_trained = getattr(first, "meta_trained", True)
+        self.family, self.description = first.family, first.description
+        self.uses_unlabeled, self.meta_trained = first.uses_unlabeled, first.meta_trained
         self.calibration = Calibration({}, 1.0, False)  # until fitted
 
     @property
@@ -230,6 +221,12 @@ class SourceEnsemble:
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return torch.softmax(self.logits(x) / self.temperature, dim=1)
+
+    def task_parameters(self) -> list[Tensor]:
+        return []  # each member tunes its own (`with_ssl`)
+
+    def set_task_parameters(self, tensors: list[Tensor]) -> None:
+        """Nothing of its own to replace."""
 
 
 def combined_model(mobilenet: Model, conv4: Model) -> Model:

@@ -9,8 +9,8 @@ calibration error (ECE) of the reported confidence.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ from mssl_core.engine.episodic import run_episodes
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.model_cards import record_default_in_cards
 from mssl_core.engine.ssl import SELF_TRAINING, with_ssl
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,14 @@ class Candidate:
     method: object
     use_unlabeled: bool = True
     train_s: float | None = None
+    # "baseline"; "shipped": the model as the app and CLI run it; "variant": the same model
+    # without (or with extra) use of the unlabeled images
+    kind: str = "baseline"
+    model: str = ""  # the shipped model a row measures ("" for baselines)
 
     @property
     def semi_supervised(self) -> bool:
-        return self.use_unlabeled and getattr(self.method, "uses_unlabeled", False)
+        return self.use_unlabeled and self.method.uses_unlabeled
 
 
 def cached_pool(
@@ -142,17 +148,21 @@ def candidates(models: dict, dataset: str) -> list[Candidate]:
             if model.backbone.name != backbone_name:
                 continue
             train_s = model.card.get("wall_time_s")
-            # The row named exactly like the model is what the app and CLI run by default.
+            # The row named exactly like the model is what the app and CLI run ("shipped").
             if model.method.uses_unlabeled:
                 labeled_only, semi = f"{name} (labeled only)", name
                 semi_method = model.method
             else:
                 labeled_only, semi = name, f"{name} + self-training"
                 semi_method = with_ssl(model.method, SELF_TRAINING)
-            key = model.backbone_key
+            labeled_kind, semi_kind = (
+                ("variant", "shipped") if model.method.uses_unlabeled else ("shipped", "variant")
+            )
+            common = {"backbone_name": backbone_name, "backbone_key": model.backbone_key}
+            common |= {"backbone": model.backbone, "train_s": train_s, "model": name}
             rows += [
-                Candidate(labeled_only, backbone_name, key, model.backbone, model.method, False, train_s),
-                Candidate(semi, backbone_name, key, model.backbone, semi_method, True, train_s),
+                Candidate(labeled_only, method=model.method, use_unlabeled=False, kind=labeled_kind, **common),
+                Candidate(semi, method=semi_method, use_unlabeled=True, kind=semi_kind, **common),
             ]
     return rows
 
@@ -167,13 +177,13 @@ def calibrated_on_support(setting: Setting, candidate: Candidate) -> bool:
     labeled images, one refit per shot): on the 5-way 5-shot settings without distractors (those with a
     reliability diagram), for the rows that are what the app and CLI run."""
     spec = setting.spec
-    app_row = candidate.name in ("logistic regression", "LabelSpreading", "nearest centroid") or not (
-        candidate.name.endswith(" (labeled only)") or candidate.name.endswith(" + self-training")
-    )
+    app_row = candidate.kind in ("baseline", "shipped")
     return spec.ways == 5 and spec.shots == 5 and not spec.distractors and app_row
 
 
-def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODELS_DIR, log=print) -> list[dict]:
+def setting_rows(
+    index: int, episodes: int, seed: int, quick: bool, folder=MODELS_DIR, log=logger.info
+) -> list[dict]:
     """Every candidate's row for one setting; the episode seed depends on the setting only."""
     setting = settings(quick)[index]
     models = {name: load_model(name, folder) for name in available_models(folder)}
@@ -202,6 +212,8 @@ def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODEL
             "episodes": episodes,
             "seed": episode_seed,
             "method": candidate.name,
+            "kind": candidate.kind,
+            "model": candidate.model,
             "backbone": candidate.backbone_name,
             "semi_supervised": candidate.semi_supervised,
             "accuracy": round(result.mean, 4),
@@ -225,7 +237,7 @@ def setting_rows(index: int, episodes: int, seed: int, quick: bool, folder=MODEL
 
 def _setting_rows_in_worker(args: tuple) -> list[dict]:
     torch.set_num_threads(1)  # one process per core
-    return setting_rows(*args, log=lambda message: print(message, file=sys.stderr, flush=True))
+    return setting_rows(*args, log=logger.info)
 
 
 def run_benchmark(
@@ -233,7 +245,7 @@ def run_benchmark(
     seed: int = 0,
     quick: bool = False,
     folder=MODELS_DIR,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
     update_cards: bool | None = None,
     jobs: int = 1,
 ) -> list[dict]:
@@ -260,9 +272,9 @@ def run_benchmark(
 def write_held_out_to_cards(rows: list[dict], models: dict, folder=MODELS_DIR) -> None:
     """Record each model's held-out rows (and a reliability diagram) in its model card."""
     for name, model in models.items():
-        mine = [r for r in rows if r["method"] == name or r["method"].startswith(f"{name} ")]
+        mine = [r for r in rows if r["model"] == name]
         model.card["held_out"] = [{k: v for k, v in r.items() if k != "reliability"} for r in mine]
-        diagrams = [r["reliability"] for r in mine if "reliability" in r and r["method"] == name]
+        diagrams = [r["reliability"] for r in mine if "reliability" in r and r["kind"] == "shipped"]
         if diagrams:
             model.card["reliability_5way_5shot"] = diagrams[0]
         save_card(name, model.card, folder)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from mssl_core.engine.backbones import MobileNetV2Backbone, PixelBackbone
 from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.contract import Method, MethodWrapper
 
 IMAGENET_STAGES = (13, 16, 17, 18)  # MobileNetV2 `features` blocks whose pooled outputs are used
 IMAGENET_STAGE_DIMS = (96, 160, 320, 1280)
@@ -71,7 +72,7 @@ def orthogonal_projection(in_dim: int, out_dim: int, seed: int = PROJECTION_SEED
     return orthogonal * (in_dim / out_dim) ** 0.5
 
 
-class TaskCentred:
+class TaskCentred(MethodWrapper):
     """A method applied to features centred on the task's own images.
 
     `fit` takes the mean over the labeled and unlabeled images of the task; every image (those
@@ -80,15 +81,13 @@ class TaskCentred:
     joined, normalised again and projected into the method's embedding space at `scale`.
     """
 
-    def __init__(self, method, blocks: tuple[int, ...], power: float | None, out_dim: int, scale: float):
-        self.method, self.blocks, self.power, self.scale = method, blocks, power, scale
+    def __init__(
+        self, method: Method, blocks: tuple[int, ...], power: float | None, out_dim: int, scale: float
+    ):
+        super().__init__(method)
+        self.blocks, self.power, self.scale = blocks, power, scale
         self.projection = orthogonal_projection(sum(blocks), out_dim)
         self.mean: Tensor | None = None
-        self.name = method.name
-        self.family = getattr(method, "family", "")
-        self.description = getattr(method, "description", "")
-        self.uses_unlabeled = getattr(method, "uses_unlabeled", False)
-        self.meta_trained = getattr(method, "meta_trained", True)
 
     def _powered(self, x: Tensor) -> Tensor:
         if self.power is None:
@@ -120,21 +119,11 @@ class TaskCentred:
         self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self
 
-    @property
-    def temperature(self) -> float:
-        return self.method.temperature  # AttributeError for baselines without a table
-
     def logits(self, x: Tensor) -> Tensor:
         return self.method.logits(self.transform(x))
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.method.predict_proba(self.transform(x))
-
-    def task_parameters(self) -> list[Tensor]:
-        return self.method.task_parameters() if hasattr(self.method, "task_parameters") else []
-
-    def set_task_parameters(self, tensors: list[Tensor]) -> None:
-        self.method.set_task_parameters(tensors)
 
 
 CENTRED_SOURCES = ("imagenet", "pixels")

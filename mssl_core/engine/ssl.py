@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mssl_core.engine.contract import Method, MethodWrapper
+
 
 @dataclass(frozen=True)
 class SSLOptions:
@@ -110,7 +112,7 @@ def tune_task_parameters(
 ):
     """A few Adam steps on the method's task parameters: support cross-entropy plus the
     unlabeled terms. Methods without task parameters are left as they are."""
-    initial = method.task_parameters() if hasattr(method, "task_parameters") else []
+    initial = method.task_parameters()
     if not initial or not options.tunes:
         return method
     generator = torch.Generator().manual_seed(options.seed)
@@ -129,23 +131,13 @@ def tune_task_parameters(
     return method
 
 
-class SemiSupervised:
-    """Any method plus the options above, behind the same `fit` / `predict_proba` contract."""
+class SemiSupervised(MethodWrapper):
+    """Any method plus the options above, behind the same contract."""
 
-    def __init__(self, method, options: SSLOptions):
-        self.method, self.options = method, options
-        self.name = method.name
+    def __init__(self, method: Method, options: SSLOptions):
+        super().__init__(method)
+        self.options = options
         self.uses_unlabeled = True
-
-    @property
-    def temperature(self) -> Tensor:
-        return self.method.temperature
-
-    def logits(self, x: Tensor) -> Tensor:
-        return self.method.logits(x)
-
-    def predict_proba(self, x: Tensor) -> Tensor:
-        return self.method.predict_proba(x)
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> SemiSupervised:
         method, options = self.method, self.options

@@ -6,6 +6,7 @@ meta-validation classes and the model is saved with its model card."""
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,8 @@ from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
 from mssl_core.engine.data.paths import cache_dir
 from mssl_core.engine.episodic import episode_tensors, run_episodes
 from mssl_core.engine.methods import make_method
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,7 +100,7 @@ def _trainable_forward(backbone: Backbone, batch: Tensor) -> Tensor:
     return backbone.head(batch) if isinstance(backbone, MobileNetV2Backbone) else backbone(batch)
 
 
-def meta_train(cfg: TrainConfig, log=print) -> Model:
+def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
     """Meta-train one backbone + method, fit its temperature on validation classes, return it."""
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
@@ -209,7 +212,7 @@ def calibrate(backbone: Backbone, method, cfg: TrainConfig) -> tuple[dict, dict]
     return temperatures, validation
 
 
-def recalibrate(name: str, folder=MODELS_DIR, log=print) -> Model:
+def recalibrate(name: str, folder=MODELS_DIR, log=logger.info) -> Model:
     """Re-fit a saved model's temperatures on validation classes, its weights untouched (what
     `meta_train` ends with), and save it again."""
     model = load_model(name, folder)
@@ -236,7 +239,7 @@ SHIPPED_METHODS = (
 SHIPPED = [TrainConfig(backbone, method) for backbone in ("conv4", "mobilenetv2") for method in SHIPPED_METHODS]
 
 
-def train_and_save(cfg: TrainConfig, folder=MODELS_DIR, log=print) -> Model:
+def train_and_save(cfg: TrainConfig, folder=MODELS_DIR, log=logger.info) -> Model:
     model = meta_train(cfg, log=log)
     path = save_model(model, folder)
     log(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB): {model.card['validation']}")

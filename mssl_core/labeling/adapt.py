@@ -63,7 +63,7 @@ def model_for(method: str, backbone: str, folder: Path = MODELS_DIR) -> Model:
         return combined_model(model_for(method, "mobilenetv2", folder), model_for(method, "conv4", folder))
     if backbone in CENTRED_SOURCES:
         return centred_model(model_for(method, "mobilenetv2", folder), backbone)
-    if getattr(METHODS[method], "meta_trained", True):
+    if METHODS[method].meta_trained:
         return load_model(f"{backbone}-{method}", folder)
     model = load_model(f"{backbone}-protonet", folder)
     return Model(f"{backbone}+{method}", model.backbone, make_method(method), model.card, model.fingerprint)
@@ -136,7 +136,7 @@ def fit_task(
     measured = held_out_calibration(method, support[calibrate_on], support_labels[calibrate_on], task_unlabeled)
     with torch.no_grad():
         method.fit(support, support_labels, task_unlabeled)
-    if not hasattr(method, "temperature"):
+    if method.temperature is None:
         return AdaptedTask(classes, method, None, False)
     if measured is None:
         return AdaptedTask(classes, method, method.temperature * ONE_SHOT_FACTORS.get(model.backbone.name, 1.0))

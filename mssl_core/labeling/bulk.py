@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,8 @@ import torch
 from mssl_core.engine.backbones import Backbone
 from mssl_core.labeling.embedding_cache import CacheError, EmbeddingCache
 from mssl_core.labeling.images import ImageError, decode_image
+
+logger = logging.getLogger(__name__)
 
 BATCH = 64  # images per network call: large enough for full speed, small enough to stream
 AHEAD = 2  # batches prepared ahead of the network
@@ -122,7 +125,7 @@ def embed_files(
     model_key: str,
     paths: Sequence[Path],
     cache: EmbeddingCache | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.warning,
     progress: Callable[[int, int], None] | None = None,
     batch_size: int = BATCH,
     workers: int = 2,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.images import ImageError, class_folder_files, decode_image, list_files
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class PredictionRow:
@@ -38,11 +41,45 @@ class PredictionRow:
 
 @dataclass
 class LabelingResult:
+    """A labeled batch: one row per image, in the order given (files: sorted by path)."""
+
     classes: list[str]
     rows: list[PredictionRow]
     model_name: str
     backbone_reason: str
     seconds: dict[str, float] = field(default_factory=dict)  # model (load + support), decode, embed, adapt
+
+    @property
+    def paths(self) -> list[str]:
+        return [row.path for row in self.rows]
+
+    @property
+    def labels(self) -> list[str]:
+        """The predicted class per image ("" where it could not be read)."""
+        return [row.label for row in self.rows]
+
+    @property
+    def errors(self) -> list[str]:
+        """Why an image could not be read ("" where it was)."""
+        return [row.error for row in self.rows]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(images, classes), columns in the order of `classes`; NaN rows where unreadable."""
+        table = np.full((len(self.rows), len(self.classes)), np.nan)
+        for i, row in enumerate(self.rows):
+            if row.probabilities:
+                table[i] = row.probabilities
+        return table
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """The probability of each predicted class (NaN where unreadable)."""
+        return np.array([np.nan if row.confidence is None else row.confidence for row in self.rows])
+
+    def to_csv(self, out: str | Path) -> None:
+        """`path,label,confidence,error,p_<class>...`, one row per image (the CLI's file)."""
+        write_predictions_csv(self, Path(out))
 
 
 def readable_images(paths: Iterable[Path]) -> Iterator[Image.Image]:
@@ -84,26 +121,36 @@ def prepare_support(
     method: str | None = None,
     backbone: str = "auto",
     folder: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.warning,
     unlabeled_paths: Sequence[Path] = (),
     cache: EmbeddingCache | None = None,
 ) -> Support:
     """Decode the class folders of `support_dir`, choose the backbone (measured with a sample
     of `unlabeled_paths`), embed them."""
     folder = folder or MODELS_DIR
-    method = method or default_method(folder)
     support_files = class_folder_files(support_dir)
     support_images, support_errors = decode_all([f.path for f in support_files], log)
     usable = [
         (im, f.label) for im, f, e in zip(support_images, support_files, support_errors, strict=True) if not e
     ]
-    classes = sorted({label for _, label in usable})
+    images, names = [im for im, _ in usable], [label for _, label in usable]
+    return embed_support(images, names, method, backbone, folder, f"{support_dir} (one sub-folder per class)")
+
+
+def embed_support(
+    images: Sequence[Image.Image],
+    label_names: Sequence[str],
+    method: str | None = None,
+    backbone: str = "auto",
+    folder: Path = MODELS_DIR,
+    given: str = "the labeled images",
+) -> Support:
+    """Choose the image features and model for the labeled images, and embed them."""
+    method = method or default_method(folder)
+    classes = sorted(set(label_names))
     if len(classes) < 2:
-        raise ValueError(
-            f"{support_dir} needs at least two class sub-folders with readable images; found {classes}"
-        )
-    images = [im for im, _ in usable]
-    labels = torch.tensor([classes.index(label) for _, label in usable])
+        raise ValueError(f"{given}: need at least two classes with readable images; found {classes}")
+    labels = torch.tensor([classes.index(label) for label in label_names])
     if backbone == "auto":
         backbone, reason = choose_backbone(folder)
     else:
@@ -118,7 +165,7 @@ def label_folders(
     method: str | None = None,
     backbone: str = "auto",
     folder: Path = MODELS_DIR,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.warning,
     ssl: SSLOptions | None = None,
     cache: EmbeddingCache | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -131,20 +178,34 @@ def label_folders(
     unlabeled_paths = list_files(unlabeled_dir)
     task_support = prepare_support(support_dir, method, backbone, folder, log, unlabeled_paths, cache)
     model_seconds = time.perf_counter() - started
-    model, classes = task_support.model, task_support.classes
-    support, labels, reason = task_support.embeddings, task_support.labels, task_support.reason
-
+    model = task_support.model
     embedded = embed_files(model.backbone, model.backbone_key, unlabeled_paths, cache, log, progress)
+    paths = [str(path.relative_to(unlabeled_dir)) for path in unlabeled_paths]
+    result = predict_embedded(task_support, torch.from_numpy(embedded.embeddings), paths, embedded.errors, ssl)
+    result.seconds = {"model": model_seconds, **embedded.seconds, **result.seconds}
+    return result
+
+
+def predict_embedded(
+    task_support: Support,
+    unlabeled: Tensor,
+    paths: Sequence[str],
+    errors: Sequence[str],
+    ssl: SSLOptions | None,
+) -> LabelingResult:
+    """Adapt to the support and the embedded batch (`unlabeled`: the readable images, in order)
+    and make one row per path, with the error where an image could not be read."""
     started = time.perf_counter()
-    unlabeled = torch.from_numpy(embedded.embeddings)
+    model, classes = task_support.model, task_support.classes
+    support, labels = task_support.embeddings, task_support.labels
     prediction = adapt(model, classes, support, labels, unlabeled[fit_sample(len(unlabeled))], unlabeled, ssl)
-    seconds = {"model": model_seconds, **embedded.seconds, "adapt": time.perf_counter() - started}
     outcomes = iter(prediction.probabilities)
     rows = [
-        prediction_row(str(path.relative_to(unlabeled_dir)), classes, None if error else next(outcomes), error)
-        for path, error in zip(unlabeled_paths, embedded.errors, strict=True)
+        prediction_row(path, classes, None if error else next(outcomes), error)
+        for path, error in zip(paths, errors, strict=True)
     ]
-    return LabelingResult(classes, rows, model.name, reason, seconds)
+    seconds = {"adapt": time.perf_counter() - started}
+    return LabelingResult(classes, rows, model.name, task_support.reason, seconds)
 
 
 def prediction_row(

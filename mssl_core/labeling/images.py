@@ -50,7 +50,7 @@ def decode_image(source: Path | bytes) -> Image.Image:
         head = source[:SNIFF_BYTES] if isinstance(source, bytes) else _read_head(Path(source))
         if is_dicom(head):
             data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            return _normalise(decode_dicom(data, MAX_PIXELS))
+            return normalise_image(decode_dicom(data, MAX_PIXELS))
         opened = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -60,7 +60,7 @@ def decode_image(source: Path | bytes) -> Image.Image:
                     raise ImageError(f"{width} x {height} pixels is larger than the {MAX_PIXELS:,}-pixel limit")
                 image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # JPEG: decode at reduced size
                 image.load()
-                return _normalise(image)
+                return normalise_image(image)
     except ImageError:
         raise
     except DicomError as error:
@@ -113,7 +113,8 @@ def thumbnail_data_uri(path: Path, side: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _normalise(image: Image.Image) -> Image.Image:
+def normalise_image(image: Image.Image) -> Image.Image:
+    """Upright, 8-bit grayscale or RGB, transparency on white: what every backbone is given."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.float64)

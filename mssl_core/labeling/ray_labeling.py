@@ -29,6 +29,8 @@ from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.folders import prediction_row, prepare_support, write_csv_header, write_csv_row
 from mssl_core.labeling.images import list_files
 
+logger = logging.getLogger(__name__)
+
 BATCH = 64
 
 
@@ -102,7 +104,7 @@ def label_folders_on_ray(
     method: str | None = None,
     backbone: str = "auto",
     folder: Path | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.warning,
     ssl: SSLOptions | None = None,
     threads_per_actor: int = 2,
 ) -> ClusterLabeling:

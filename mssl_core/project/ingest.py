@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -12,7 +13,15 @@ from typing import BinaryIO
 from mssl_core.engine.data.paths import ASSETS_DIR
 from mssl_core.labeling.images import ImageError, UploadedFile, decode_image, expand_uploads, list_files
 from mssl_core.project.export import WINDOWS_RESERVED
-from mssl_core.project.store import LabelingProject, content_sha256, data_dir, storage_error
+from mssl_core.project.store import (
+    LabelingProject,
+    content_sha256,
+    create_project,
+    data_dir,
+    open_project,
+    slugify,
+    storage_error,
+)
 
 DEMO_DIR = ASSETS_DIR / "demo"
 MAX_CLASS_NAME = 100
@@ -125,6 +134,19 @@ def load_demo(project: LabelingProject) -> tuple[IngestReport, IngestReport]:
     labeled = [UploadedFile(p.name, p, p.parent.name) for p in list_files(DEMO_DIR / "labeled")]
     unlabeled = [UploadedFile(p.name, p) for p in list_files(DEMO_DIR / "unlabeled")]
     return ingest(project, labeled, "labeled"), ingest(project, unlabeled, "unlabeled")
+
+
+def demo_project(user: str | None = None) -> str:
+    """The name of a project holding the bundled demo, created and loaded on first use: `demo`,
+    or `demo-<user>` for a named user (reopened later; the demo images are never added twice)."""
+    name = slugify("demo" if user is None else f"demo-{user}")
+    try:
+        project = create_project(name, owner=user)
+    except ValueError:  # it exists: reopen it
+        project = open_project(name, create=False, user=user)
+    with closing(project):
+        load_demo(project)
+    return name
 
 
 def class_counts(project: LabelingProject) -> dict[str, int]:

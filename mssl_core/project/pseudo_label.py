@@ -37,16 +37,33 @@ class ProjectPrediction:
         return {"accept": "accepted", "correct": "corrected", "skip": "skipped"}.get(action, "pseudo-labeled")
 
 
-def support_set(
-    project: LabelingProject, decisions: dict[int, tuple[str, str | None]]
-) -> list[tuple[StoredImage, str]]:
-    """Labeled images and unlabeled images a person accepted or corrected, with their labels."""
+@dataclass(frozen=True)
+class ProjectTask:
+    """What a project asks the model to learn: labeled images (the user's, and batch images a
+    person accepted or corrected) with their labels, its classes, and the batch."""
+
+    support: list[tuple[StoredImage, str]]
+    classes: list[str]
+    unlabeled: list[StoredImage]
+
+    @property
+    def ready(self) -> bool:
+        """Two classes with labeled images and a batch to label."""
+        return len(self.classes) >= 2 and bool(self.unlabeled)
+
+
+def project_task(
+    project: LabelingProject, decisions: dict[int, tuple[str, str | None]] | None = None
+) -> ProjectTask:
+    """The project's task as its decisions (default: the current ones) leave it."""
+    decisions = project.current_decisions() if decisions is None else decisions
     support = [(image, image.label) for image in project.images("labeled") if image.label]
-    for image in project.images("unlabeled"):
+    unlabeled = project.images("unlabeled")
+    for image in unlabeled:
         action, label = decisions.get(image.id, ("", None))
         if action in ("accept", "correct") and label:
             support.append((image, label))
-    return support
+    return ProjectTask(support, sorted({label for _, label in support}), unlabeled)
 
 
 def pseudo_label_project(
@@ -61,11 +78,10 @@ def pseudo_label_project(
     Images a person labeled count once, as support; only the undecided ones (and skipped
     ones) are the unlabeled batch the method adapts with. Every unlabeled image is predicted."""
     decisions = project.current_decisions()
-    support = support_set(project, decisions)
-    classes = sorted({label for _, label in support})
+    task = project_task(project, decisions)
+    support, classes, unlabeled = task.support, task.classes, task.unlabeled
     if len(classes) < 2:
         raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
-    unlabeled = project.images("unlabeled")
     stored = [image for image, _ in support] + unlabeled
     embeddings = _cached_embeddings(stored, model, cache)
     if embeddings is None:

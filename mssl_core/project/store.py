@@ -184,6 +184,11 @@ _RECORD_DECISION = (
 )
 
 
+def decision_action(chosen: str, predicted: str | None) -> str:
+    """A reviewer who picks `chosen` accepts the pseudo-label if it is `predicted`, else corrects it."""
+    return "accept" if chosen == predicted else "correct"
+
+
 class LabelingProject:
     """One named project on disk; every write is committed before the method returns. `user`:
     who is logged in by name on this connection (None without named users), recorded with
@@ -322,14 +327,20 @@ class LabelingProject:
                 (image_id, action, label, session, self.user, time.time()),
             )
 
-    def accept_all(self, labels: dict[int, str], session: str = "") -> None:
-        """Accept many pseudo-labels (image id -> label) in one transaction: all or nothing."""
+    def decide_many(
+        self, labels: dict[int, str], predicted: dict[int, str] | None = None, session: str = ""
+    ) -> None:
+        """Give many images (id -> label) their labels in one transaction, all or nothing: an
+        accept where the label is the pseudo-label in `predicted` (default: every one is), else
+        a correction."""
+        predicted = labels if predicted is None else predicted
         now = time.time()
-        with self._saving(f"{len(labels)} accepted labels") as db:
-            db.executemany(
-                _RECORD_DECISION,
-                [(image_id, "accept", label, session, self.user, now) for image_id, label in labels.items()],
-            )
+        rows = [
+            (image_id, decision_action(label, predicted.get(image_id)), label, session, self.user, now)
+            for image_id, label in labels.items()
+        ]
+        with self._saving(f"{len(labels)} labels") as db:
+            db.executemany(_RECORD_DECISION, rows)
 
     def decision_of(self, image_id: int) -> tuple[str, str | None] | None:
         """The image's current decision (None: undecided, or its last decision was undone)."""

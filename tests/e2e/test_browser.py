@@ -43,7 +43,7 @@ def _free_port() -> int:
 NETWORK_GUARD = REPO / "tests" / "network_guard"  # its sitecustomize refuses outbound connections
 
 
-def _start_server(data_dir: Path, port: int, **extra_env: str) -> subprocess.Popen:
+def _start_server(data_dir: Path, port: int, cwd: Path = REPO, **extra_env: str) -> subprocess.Popen:
     """The app as the README starts it, with every connection off the machine refused and
     logged to `network.log` beside the data folder (tests assert it stays empty)."""
     env = {
@@ -56,7 +56,7 @@ def _start_server(data_dir: Path, port: int, **extra_env: str) -> subprocess.Pop
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,24 +1,13 @@
-"""The one contract every method obeys (see DESIGN.md) and the registry of methods by name."""
+"""The base classes of the meta-trained methods and the registry of methods by name (the
+contract they obey is `engine/contract.py`)."""
 
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from mssl_core.engine.calibration import SHOTS_GRID, WAYS_GRID, task_shape, temperature_for_shape
-
-
-@runtime_checkable
-class Method(Protocol):
-    """Adapts to one task from its support set (and unlabeled images), then scores new images."""
-
-    name: str
-
-    def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> Method: ...
-
-    def predict_proba(self, x: Tensor) -> Tensor: ...
+from mssl_core.engine.contract import Method
 
 
 class FewShotMethod(nn.Module):
@@ -105,10 +94,10 @@ def class_means(support: Tensor, support_labels: Tensor) -> Tensor:
     return (one_hot.T @ support) / one_hot.sum(0, keepdim=True).T
 
 
-METHODS: dict[str, type] = {}
+METHODS: dict[str, type[Method]] = {}
 
 
-def register(cls: type) -> type:
+def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method available by its `name`."""
     METHODS[cls.name] = cls
     return cls
@@ -119,6 +108,6 @@ def make_method(name: str, embedding_dim: int | None = None, **kwargs) -> Method
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     cls = METHODS[name]
-    if embedding_dim is not None and getattr(cls, "per_dimension", False):
+    if embedding_dim is not None and cls.per_dimension:
         kwargs["embedding_dim"] = embedding_dim
     return cls(**kwargs)

@@ -7,11 +7,12 @@ import torch
 from sklearn.semi_supervised import LabelSpreading
 from torch import Tensor, nn
 
+from mssl_core.engine.contract import Baseline
 from mssl_core.engine.methods.base import register
 
 
 @register
-class LabelSpreadingBaseline:
+class LabelSpreadingBaseline(Baseline):
     """Transductive graph baseline on L2-normalised features; not meta-trained.
 
     The graph is built at prediction time over support, unlabeled and the images to predict,
@@ -19,9 +20,7 @@ class LabelSpreadingBaseline:
     """
 
     name = "label-spreading"
-    family = "baseline"
     description = "Baseline: spreads labels to similar images through a neighbour graph."
-    meta_trained = False
     uses_unlabeled = True
 
     def __init__(self, neighbours: int = 10, alpha: float = 0.2):

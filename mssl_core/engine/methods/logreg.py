@@ -8,18 +8,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
+from mssl_core.engine.contract import Baseline
 from mssl_core.engine.methods.base import register
 
 
 @register
-class LogisticRegressionBaseline:
+class LogisticRegressionBaseline(Baseline):
     """Supervised linear classifier; not meta-trained."""
 
     name = "logreg"
-    family = "baseline"
     description = "Baseline: a linear classifier trained on the labeled examples only."
-    meta_trained = False
-    uses_unlabeled = False
 
     def __init__(self, c: float = 1.0, seed: int = 0):
         self.c, self.seed = c, seed
