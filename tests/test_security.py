@@ -13,12 +13,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.labeling.images import UploadedFile
 from mssl_core.project import store
 from mssl_core.project.export import ExportRow, pseudonymised, to_class_folders_zip, to_csv
 from mssl_core.project.ingest import class_name_problem, ingest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(REPO_ROOT / "app.py")
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright import sync_api as playwright
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

@@ -23,6 +23,8 @@ import pytest
 from mssl_core.engine.data.paths import ASSETS_DIR, cache_dir
 from tests.e2e.test_browser import NETWORK_GUARD, REPO, _free_port
 
+pytestmark = pytest.mark.slow
+
 VERSION = "1.23.2"
 CONFIG = """<View><Image name="image" value="$image"/>
 <Choices name="label" toName="image" choice="single">

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import httpx2
 import numpy as np
@@ -15,7 +14,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from streamlit.testing.v1 import AppTest
 
-from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.engine.data.paths import ASSETS_DIR, REPO_ROOT
 from mssl_core.integrations.label_studio import (
     LabelStudioClient,
     LabelStudioError,
@@ -237,9 +236,9 @@ def test_a_label_studio_export_gives_labels_by_uploaded_file_name():
 
 @pytest.mark.usefixtures("refuse_outbound")
 def test_the_upload_page_takes_a_label_studio_export_as_labels(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+
     store.open_project("ls").close()
-    app = AppTest.from_file(str(repo / "app.py"), default_timeout=120)
+    app = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=120)
     app.session_state["project"] = "ls"
     app.switch_page("views/upload.py").run()
     files = [p for p in sorted((ASSETS_DIR / "demo" / "labeled").rglob("*.png")) if p.parent.name != "dress"]

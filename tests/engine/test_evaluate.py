@@ -4,6 +4,8 @@ import torch
 
 from mssl_core.engine import evaluate
 
+pytestmark = pytest.mark.slow
+
 
 def _blob_pool(dataset: str) -> np.ndarray:
     """6 classes x 40 images: each class a fixed random pattern plus noise."""

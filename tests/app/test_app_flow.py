@@ -2,15 +2,14 @@
 
 import re
 import sys
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.engine.data.paths import ASSETS_DIR, REPO_ROOT
 from mssl_core.project import store
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(REPO_ROOT / "app.py")
 
 
 @pytest.fixture

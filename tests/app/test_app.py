@@ -1,9 +1,9 @@
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+from mssl_core.engine.data.paths import REPO_ROOT
+
+APP = str(REPO_ROOT / "app.py")
 
 
 def test_home_page_renders():

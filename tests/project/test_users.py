@@ -7,16 +7,16 @@ from __future__ import annotations
 import csv
 import io
 import stat
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from mssl_core.cli import main
+from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.project import store, users
 from mssl_core.project.export import audit_trail_csv
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(REPO_ROOT / "app.py")
 
 
 @pytest.fixture

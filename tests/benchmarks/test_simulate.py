@@ -1,8 +1,6 @@
 """The simulated reviewer (`python -m mssl_core simulate`): its accounting, and that it walks the
 batch in the Review page's own order through the app's own adapt step."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,9 +8,12 @@ from mssl_core.benchmarks import simulate as simulate_module
 from mssl_core.benchmarks.simulate import actions_to_reach, read_truth, simulate_review, write_curve
 from mssl_core.engine.backbones import make_backbone
 from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.engine.methods import make_method
 from mssl_core.project.pseudo_label import adapt_batch
 from tests.conftest import gaussian_task
+
+pytestmark = pytest.mark.slow
 
 
 def _task(spread: float = 0.5, seed: int = 0):
@@ -72,7 +73,7 @@ def test_the_simulator_takes_the_image_the_review_page_would_show(monkeypatch):
 
 
 def test_the_review_page_orders_through_the_same_function():
-    source = (Path(__file__).resolve().parents[1] / "views" / "review.py").read_text()
+    source = (REPO_ROOT / "views" / "review.py").read_text()
     assert "from mssl_core.project.review import" in source and "review_order(" in source
 
 

@@ -4,6 +4,8 @@ import pytest
 
 from mssl_core.cli import main
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("ray.data")
 
 

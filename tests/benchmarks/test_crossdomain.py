@@ -10,6 +10,8 @@ from PIL import Image
 from mssl_core.benchmarks import crossdomain
 from mssl_core.engine.data.domains import Domain
 
+pytestmark = pytest.mark.slow
+
 
 def _blob_domain(role: str = "development") -> Domain:
     """Three classes of 40 colour images: a bright blob in one of three places, on noise."""

@@ -1,9 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from mssl_core.engine import train
 from mssl_core.engine.checkpoints import load_model, save_model
 from mssl_core.engine.data.characters import CharacterCorpus
+
+pytestmark = pytest.mark.slow
 
 
 def _blobs(split: str, n_per_class: int = 20, workers: int = 2) -> CharacterCorpus:
