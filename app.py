@@ -1,6 +1,8 @@
 """MSSL Label Assist — Streamlit entry point: navigation over the pages in `views/`, or only a
 log-in page while this session has not logged in (named users, or one configured password)."""
 
+import logging
+
 import streamlit as st
 
 from mssl_core.engine.data.paths import ASSETS_DIR
@@ -11,6 +13,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 ICON = ASSETS_DIR / "icon.svg"
 
 keep_files_private()
+# The engine's warnings (unreadable files, a cache that could not be written) on the server console.
+logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
 # An SVG file (inlined as a data: URI), not a Material icon name: those come from fonts.gstatic.com
 st.set_page_config(page_title="MSSL Label Assist", page_icon=str(ICON), layout="wide")
 
