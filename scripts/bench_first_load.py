@@ -35,7 +35,10 @@ def first_load(repo: Path) -> dict:
             asked = time.perf_counter()
             page.goto(f"http://127.0.0.1:{port}", wait_until="commit")
             page.get_by_test_id("stSidebarNavLink").first.wait_for(timeout=60_000)
-            first_entries = page.get_by_test_id("stSidebarNavLink").all_inner_texts()
+            # each entry reads "icon name, blank line, title": keep the title
+            first_entries = [
+                e.split("\n")[-1] for e in page.get_by_test_id("stSidebarNavLink").all_inner_texts()
+            ]
             page.get_by_role("heading", name="MSSL Label Assist").wait_for(timeout=60_000)
             playwright.expect(page.get_by_test_id("stStatusWidget")).to_be_hidden(timeout=60_000)
             ready = time.perf_counter() - asked
