@@ -122,11 +122,8 @@ def prepare_support(
     backbone: str = "auto",
     folder: Path | None = None,
     log: Callable[[str], None] = logger.warning,
-    unlabeled_paths: Sequence[Path] = (),
-    cache: EmbeddingCache | None = None,
 ) -> Support:
-    """Decode the class folders of `support_dir`, choose the backbone (measured with a sample
-    of `unlabeled_paths`), embed them."""
+    """Decode the class folders of `support_dir`, choose the image features, embed them."""
     folder = folder or MODELS_DIR
     support_files = class_folder_files(support_dir)
     support_images, support_errors = decode_all([f.path for f in support_files], log)
@@ -176,7 +173,7 @@ def label_folders(
     images. With a `cache`, images embedded before by the same model are not embedded again."""
     started = time.perf_counter()
     unlabeled_paths = list_files(unlabeled_dir)
-    task_support = prepare_support(support_dir, method, backbone, folder, log, unlabeled_paths, cache)
+    task_support = prepare_support(support_dir, method, backbone, folder, log)
     model_seconds = time.perf_counter() - started
     model = task_support.model
     embedded = embed_files(model.backbone, model.backbone_key, unlabeled_paths, cache, log, progress)

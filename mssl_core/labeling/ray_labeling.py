@@ -113,7 +113,7 @@ def label_folders_on_ray(
     import ray
 
     paths = list_files(unlabeled_dir)
-    support = prepare_support(support_dir, method, backbone, folder, log, paths)
+    support = prepare_support(support_dir, method, backbone, folder, log)
     connect(address, threads_per_actor)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in file order
