@@ -5,6 +5,7 @@ only the method's `fit`, not the backbone."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -140,8 +141,26 @@ def adapt_batch(
     (labeled images plus the batch images a person decided, which are also in `batch`) with the
     undecided rest as the unlabeled images, and predict the whole batch; confidence is calibrated
     on the first `labeled_rows` of the support (the user's labeled images, see
-    `labeling.fit_task`)."""
-    return adapt(model, classes, support, labels, batch[torch.from_numpy(~decided)], batch, ssl, labeled_rows)
+    `labeling.fit_task`).
+
+    The batch is predicted as the rows the method was fitted on (support, then undecided), put
+    back in batch order: the centred features of those rows are then computed once, not twice."""
+    undecided = batch[torch.from_numpy(~decided)]
+    decided_rows = int(decided.sum())
+    if not decided_rows or torch.equal(
+        support[len(support) - decided_rows :], batch[torch.from_numpy(decided)]
+    ):
+        task_rows = torch.cat([support, undecided])
+        prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows)
+        in_batch_order = np.empty(len(batch), dtype=np.int64)
+        in_batch_order[decided] = np.arange(len(support) - decided_rows, len(support))
+        in_batch_order[~decided] = np.arange(len(support), len(task_rows))
+        return dataclasses.replace(
+            prediction,
+            probabilities=prediction.probabilities[in_batch_order],
+            embeddings=prediction.embeddings[in_batch_order],
+        )
+    return adapt(model, classes, support, labels, undecided, batch, ssl, labeled_rows)
 
 
 def _cached_embeddings(
