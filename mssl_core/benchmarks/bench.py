@@ -118,8 +118,9 @@ def _label_run(unlabeled: int, cached: bool, threads: int) -> dict:
 
 def _readapt_run(size: int, method: str, repeats: int, threads: int) -> dict:
     """Adapt once to `size` cached embeddings (5-way 5-shot), then time re-adaptations, each
-    after one more image was corrected (moved from the batch into the support set)."""
-    from mssl_core.labeling.adapt import FEATURE_SOURCES, adapt, model_for
+    after one more image was corrected, through the app's own review step (`adapt_batch`)."""
+    from mssl_core.labeling.adapt import FEATURE_SOURCES, model_for
+    from mssl_core.project.pseudo_label import adapt_batch
 
     torch.set_num_threads(threads)
     model = model_for(method, FEATURE_SOURCES[0])  # the default features
@@ -132,20 +133,19 @@ def _readapt_run(size: int, method: str, repeats: int, threads: int) -> dict:
     labels = torch.arange(5).repeat_interleave(5)
     classes = list(PHOTO_CLASSES)
     started = time.perf_counter()
-    adapt(model, classes, support, labels, batch, batch)
+    adapt_batch(model, classes, support, labels, batch, np.zeros(size, dtype=bool))
     first = time.perf_counter() - started
     times = []
     for corrected in range(1, repeats + 1):
-        keep = torch.ones(size, dtype=torch.bool)
-        keep[:corrected] = False
+        decided = np.arange(size) < corrected
         started = time.perf_counter()
-        adapt(
+        adapt_batch(
             model,
             classes,
             torch.cat([support, batch[:corrected]]),
             torch.cat([labels, truth[:corrected]]),
-            batch[keep],
             batch,
+            decided,
             labeled_rows=len(support),  # as the app: calibrated on the labeled images, remembered
         )
         times.append(time.perf_counter() - started)
