@@ -9,9 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from mssl_core.engine.data.paths import ASSETS_DIR
-
-MODELS_DIR = ASSETS_DIR / "models"
+from mssl_core.engine.data.paths import MODELS_DIR
 
 
 def _train(args: argparse.Namespace) -> int:

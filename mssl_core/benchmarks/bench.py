@@ -120,7 +120,7 @@ def _readapt_run(size: int, method: str, repeats: int, threads: int) -> dict:
     """Adapt once to `size` cached embeddings (5-way 5-shot), then time re-adaptations, each
     after one more image was corrected, through the app's own review step (`adapt_batch`)."""
     from mssl_core.labeling.adapt import FEATURE_SOURCES, model_for
-    from mssl_core.project.pseudo_label import adapt_batch
+    from mssl_core.project.pseudo_label import UNDECIDED, adapt_batch
 
     torch.set_num_threads(threads)
     model = model_for(method, FEATURE_SOURCES[0])  # the default features
@@ -133,21 +133,13 @@ def _readapt_run(size: int, method: str, repeats: int, threads: int) -> dict:
     labels = torch.arange(5).repeat_interleave(5)
     classes = list(PHOTO_CLASSES)
     started = time.perf_counter()
-    adapt_batch(model, classes, support, labels, batch, np.zeros(size, dtype=bool))
+    adapt_batch(model, classes, support, labels, batch, np.full(size, UNDECIDED))
     first = time.perf_counter() - started
     times = []
     for corrected in range(1, repeats + 1):
-        decided = np.arange(size) < corrected
+        decided_labels = np.where(np.arange(size) < corrected, truth.numpy(), UNDECIDED)
         started = time.perf_counter()
-        adapt_batch(
-            model,
-            classes,
-            torch.cat([support, batch[:corrected]]),
-            torch.cat([labels, truth[:corrected]]),
-            batch,
-            decided,
-            labeled_rows=len(support),  # as the app: calibrated on the labeled images, remembered
-        )
+        adapt_batch(model, classes, support, labels, batch, decided_labels)
         times.append(time.perf_counter() - started)
     return {"first_s": first, "readapt_s": statistics.median(times), "peak_rss_mb": peak_rss_mb()}
 

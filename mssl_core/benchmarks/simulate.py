@@ -27,7 +27,7 @@ from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.folders import prepare_support
 from mssl_core.labeling.images import list_files
-from mssl_core.project.pseudo_label import adapt_batch
+from mssl_core.project.pseudo_label import UNDECIDED, adapt_batch
 from mssl_core.project.review import expected_errors, review_order
 
 log = logging.getLogger(__name__)
@@ -67,17 +67,8 @@ def simulate_review(
     limit = len(batch) if max_actions is None else min(max_actions, len(batch))
     curve = []
     for actions in range(limit + 1):
-        decided = torch.from_numpy(reviewed)
-        prediction = adapt_batch(
-            model,
-            classes,
-            torch.cat([support, batch[decided]]),
-            torch.cat([support_labels, torch.from_numpy(truth[reviewed])]),
-            batch,
-            reviewed,
-            ssl,
-            labeled_rows=len(support),
-        )
+        decided_labels = np.where(reviewed, truth, UNDECIDED)
+        prediction = adapt_batch(model, classes, support, support_labels, batch, decided_labels, ssl)
         predicted = prediction.probabilities.argmax(1)
         pending = np.flatnonzero(~reviewed)
         wrong = int((predicted[pending] != truth[pending]).sum())

@@ -11,10 +11,8 @@ from pathlib import Path
 import torch
 
 from mssl_core.engine.backbones import Backbone, make_backbone
-from mssl_core.engine.data.paths import ASSETS_DIR
+from mssl_core.engine.data.paths import MODELS_DIR
 from mssl_core.engine.methods import make_method
-
-MODELS_DIR = ASSETS_DIR / "models"
 
 
 @dataclass

@@ -151,15 +151,20 @@ def candidates(models: dict, dataset: str) -> list[Candidate]:
             # The row named exactly like the model is what the app and CLI run ("shipped").
             if model.method.uses_unlabeled:
                 labeled_only, semi = f"{name} (labeled only)", name
-                semi_method = model.method
+                semi_method, (labeled_kind, semi_kind) = model.method, ("variant", "shipped")
             else:
                 labeled_only, semi = name, f"{name} + self-training"
-                semi_method = with_ssl(model.method, SELF_TRAINING)
-            labeled_kind, semi_kind = (
-                ("variant", "shipped") if model.method.uses_unlabeled else ("shipped", "variant")
-            )
-            common = {"backbone_name": backbone_name, "backbone_key": model.backbone_key}
-            common |= {"backbone": model.backbone, "train_s": train_s, "model": name}
+                semi_method, (labeled_kind, semi_kind) = (
+                    with_ssl(model.method, SELF_TRAINING),
+                    ("shipped", "variant"),
+                )
+            common = {
+                "backbone_name": backbone_name,
+                "backbone_key": model.backbone_key,
+                "backbone": model.backbone,
+                "train_s": train_s,
+                "model": name,
+            }
             rows += [
                 Candidate(labeled_only, method=model.method, use_unlabeled=False, kind=labeled_kind, **common),
                 Candidate(semi, method=semi_method, use_unlabeled=True, kind=semi_kind, **common),

@@ -88,8 +88,9 @@ class TaskCentred(MethodWrapper):
         self.blocks, self.power, self.scale = blocks, power, scale
         self.projection = orthogonal_projection(sum(blocks), out_dim)
         self.mean: Tensor | None = None
-        # the task's images as `fit` took them, and their features: predicting those very rows
-        # again (the review step predicts the batch it adapted to) reuses the features
+        # the task's images as `fit` took them, and their features, for the prediction that
+        # follows the fit (the review step predicts the very rows it adapted to); let go then, so
+        # an adapted task that is kept holds no copy of its images
         self.task: tuple[Tensor, Tensor] | None = None
 
     def _powered(self, x: Tensor) -> Tensor:
@@ -100,8 +101,9 @@ class TaskCentred(MethodWrapper):
 
     def transform(self, x: Tensor) -> Tensor:
         """Features of `x` centred on the fitted task, normalised and projected."""
-        if self.task is not None and x.shape == self.task[0].shape and torch.equal(x, self.task[0]):
-            return self.task[1]
+        task, self.task = self.task, None
+        if task is not None and x.shape == task[0].shape and torch.equal(x, task[0]):
+            return task[1]
         return self._mapped(self._powered(x.float()))
 
     def _mapped(self, powered: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -80,15 +80,6 @@ class LabelingResult:
     def to_csv(self, out: str | Path) -> None:
         """`path,label,confidence,error,p_<class>...`, one row per image (the CLI's file)."""
         write_predictions_csv(self, Path(out))
-
-
-def readable_images(paths: Iterable[Path]) -> Iterator[Image.Image]:
-    """The decoded images of `paths`, skipping those that cannot be read (reported elsewhere)."""
-    for path in paths:
-        try:
-            yield decode_image(path)
-        except ImageError:
-            continue
 
 
 def decode_all(paths: Sequence[Path], log: Callable[[str], None]) -> tuple[list, list[str]]:

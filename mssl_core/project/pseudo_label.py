@@ -83,7 +83,8 @@ def pseudo_label_project(
     support, classes, unlabeled = task.support, task.classes, task.unlabeled
     if len(classes) < 2:
         raise ValueError(f"two or more classes with labeled images are needed; have {classes}")
-    stored = [image for image, _ in support] + unlabeled
+    labeled_rows = sum(image.role == "labeled" for image, _ in support)  # they come first
+    stored = [image for image, _ in support[:labeled_rows]] + unlabeled
     embeddings = _cached_embeddings(stored, model, cache)
     if embeddings is None:
         embedded = embed_files(
@@ -101,13 +102,15 @@ def pseudo_label_project(
             path, error = unreadable[0]
             raise ValueError(f"{len(unreadable)} stored image(s) can no longer be read, e.g. {path}: {error}")
         embeddings = embedded.embeddings
-    support_embeddings = torch.from_numpy(embeddings[: len(support)].copy())
+    labeled = torch.from_numpy(embeddings[:labeled_rows].copy())
     labels = torch.tensor([classes.index(label) for _, label in support])
-    labeled_ids = {image.id for image, _ in support}
-    decided = np.array([image.id in labeled_ids for image in unlabeled], dtype=bool)
-    batch = torch.from_numpy(embeddings[len(support) :].copy())
-    labeled_rows = sum(image.role == "labeled" for image, _ in support)  # they come first
-    prediction = adapt_batch(model, classes, support_embeddings, labels, batch, decided, ssl, labeled_rows)
+    batch = torch.from_numpy(embeddings[labeled_rows:].copy())
+    decided_labels = np.full(len(unlabeled), UNDECIDED)
+    position = {image.id: i for i, image in enumerate(unlabeled)}
+    for (image, _), label in zip(support[labeled_rows:], labels[labeled_rows:].tolist(), strict=True):
+        decided_labels[position[image.id]] = label
+    prediction = adapt_batch(model, classes, labeled, labels[:labeled_rows], batch, decided_labels, ssl)
+    support_embeddings = torch.cat([labeled, batch[torch.from_numpy(decided_labels != UNDECIDED)]])
     saved = project.predictions()
     changed = [
         (image.id, label, float(confidence))
@@ -127,40 +130,38 @@ def pseudo_label_project(
     return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious)
 
 
+UNDECIDED = -1  # in `adapt_batch`'s `decided_labels`: no person has decided this image
+
+
 def adapt_batch(
     model: Model,
     classes: list[str],
-    support: Tensor,
-    labels: Tensor,
+    labeled: Tensor,
+    labeled_labels: Tensor,
     batch: Tensor,
-    decided: np.ndarray,
+    decided_labels: np.ndarray,
     ssl: SSLOptions | None = None,
-    labeled_rows: int | None = None,
 ) -> Prediction:
-    """The review loop's one step, shared by the app and `simulate`: adapt to the support set
-    (labeled images plus the batch images a person decided, which are also in `batch`) with the
-    undecided rest as the unlabeled images, and predict the whole batch; confidence is calibrated
-    on the first `labeled_rows` of the support (the user's labeled images, see
-    `labeling.fit_task`).
+    """The review loop's one step, shared by the app and `simulate`: adapt to the labeled images
+    plus the batch images a person decided (`decided_labels`: their class index, UNDECIDED for
+    the rest), with the undecided rest as the unlabeled images, and predict the whole batch.
+    Confidence is calibrated on the labeled images alone (see `labeling.fit_task`).
 
-    The batch is predicted as the rows the method was fitted on (support, then undecided), put
-    back in batch order: the centred features of those rows are then computed once, not twice."""
+    The batch is predicted as the very rows the method was fitted on (labeled, decided,
+    undecided) and put back in batch order, so their task-centred features are computed once."""
+    decided = decided_labels != UNDECIDED
+    support = torch.cat([labeled, batch[torch.from_numpy(decided)]])
+    labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])
     undecided = batch[torch.from_numpy(~decided)]
-    decided_rows = int(decided.sum())
-    if not decided_rows or torch.equal(
-        support[len(support) - decided_rows :], batch[torch.from_numpy(decided)]
-    ):
-        task_rows = torch.cat([support, undecided])
-        prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows)
-        in_batch_order = np.empty(len(batch), dtype=np.int64)
-        in_batch_order[decided] = np.arange(len(support) - decided_rows, len(support))
-        in_batch_order[~decided] = np.arange(len(support), len(task_rows))
-        return dataclasses.replace(
-            prediction,
-            probabilities=prediction.probabilities[in_batch_order],
-            embeddings=prediction.embeddings[in_batch_order],
-        )
-    return adapt(model, classes, support, labels, undecided, batch, ssl, labeled_rows)
+    task_rows = torch.cat([support, undecided])
+    prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows=len(labeled))
+    fitted_order = np.concatenate([np.flatnonzero(decided), np.flatnonzero(~decided)])
+    in_batch_order = len(labeled) + np.argsort(fitted_order)
+    return dataclasses.replace(
+        prediction,
+        probabilities=prediction.probabilities[in_batch_order],
+        embeddings=prediction.embeddings[in_batch_order],
+    )
 
 
 def _cached_embeddings(

@@ -10,7 +10,7 @@ from mssl_core.engine.backbones import make_backbone
 from mssl_core.engine.checkpoints import Model
 from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.engine.methods import make_method
-from mssl_core.project.pseudo_label import adapt_batch
+from mssl_core.project.pseudo_label import UNDECIDED, adapt_batch
 from tests.conftest import gaussian_task
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ def _task(spread: float = 0.5, seed: int = 0):
 @pytest.mark.parametrize("order", ["app", "least-confident", "random"])
 def test_the_curve_starts_at_the_pseudo_labels_accuracy_and_ends_at_every_label_right(order):
     model, classes, support, labels, batch, truth = _task()
-    before = adapt_batch(model, classes, support, labels, batch, np.zeros(len(batch), bool))
+    before = adapt_batch(model, classes, support, labels, batch, np.full(len(batch), UNDECIDED))
     start_accuracy = float((before.probabilities.argmax(1) == truth).mean())
     assert start_accuracy < 1  # else the test could not tell the reviewer's work from the model's
 
@@ -68,7 +68,9 @@ def test_the_simulator_takes_the_image_the_review_page_would_show(monkeypatch):
     assert len(seen) == 4 and curve[-1].reviewed == 4
     # the app's order: the least confident of the images not yet reviewed, each time
     assert seen[0] == pytest.approx(
-        float(adapt_batch(model, classes, support, labels, batch, np.zeros(len(batch), bool)).confidence.min())
+        float(
+            adapt_batch(model, classes, support, labels, batch, np.full(len(batch), UNDECIDED)).confidence.min()
+        )
     )
 
 

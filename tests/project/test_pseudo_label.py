@@ -5,7 +5,7 @@ import torch
 
 from mssl_core.engine.feature_sources import TaskCentred
 from mssl_core.labeling.adapt import adapt, model_for
-from mssl_core.project.pseudo_label import adapt_batch
+from mssl_core.project.pseudo_label import UNDECIDED, adapt_batch
 
 
 def test_the_review_step_predicts_the_batch_as_adapt_does_without_mapping_it_again(both_backbones, monkeypatch):
@@ -16,10 +16,11 @@ def test_the_review_step_predicts_the_batch_as_adapt_does_without_mapping_it_aga
     batch = centres[truth] + 0.3 * torch.rand(len(truth), centres.shape[1], generator=generator)
     labeled = centres.repeat_interleave(2, 0) + 0.3 * torch.rand(6, centres.shape[1], generator=generator)
     labeled_labels = torch.arange(3).repeat_interleave(2)
-    decided = np.zeros(len(batch), dtype=bool)
-    decided[[3, 17, 40]] = True
-    support = torch.cat([labeled, batch[torch.from_numpy(decided)]])
-    labels = torch.cat([labeled_labels, truth[torch.from_numpy(decided)]])
+    decided_labels = np.full(len(batch), UNDECIDED)
+    decided_labels[[3, 17, 40]] = truth[[3, 17, 40]].numpy()
+    decided = torch.from_numpy(decided_labels != UNDECIDED)
+    support = torch.cat([labeled, batch[decided]])
+    labels = torch.cat([labeled_labels, truth[decided]])
     classes = ["a", "b", "c"]
 
     mapped_rows = []
@@ -27,10 +28,10 @@ def test_the_review_step_predicts_the_batch_as_adapt_does_without_mapping_it_aga
     monkeypatch.setattr(
         TaskCentred, "_mapped", lambda self, rows: mapped_rows.append(len(rows)) or original(self, rows)
     )
-    step = adapt_batch(model, classes, support, labels, batch, decided, labeled_rows=6)
+    step = adapt_batch(model, classes, labeled, labeled_labels, batch, decided_labels)
     assert len(batch) not in mapped_rows  # the batch is predicted from the features `fit` made
 
-    undecided = batch[torch.from_numpy(~decided)]
+    undecided = batch[~decided]
     plain = adapt(model, classes, support, labels, undecided, batch, labeled_rows=6)
     assert np.allclose(step.probabilities, plain.probabilities, atol=1e-5)
     assert step.labels == plain.labels

@@ -7,6 +7,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[2]
 ASSETS_DIR = PACKAGE_DIR / "assets"  # shipped inside the package: models, demo images, icon
+MODELS_DIR = ASSETS_DIR / "models"  # the meta-trained checkpoints and their model cards
 # A source checkout keeps its data, caches and docs beside the package; an installed package
 # keeps them in the directory it is run from.
 REPO_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
