@@ -172,9 +172,10 @@ def test_propagation_labels_twenty_thousand_images_without_an_n_by_n_matrix():
 
 
 def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_support_set(monkeypatch):
+    from mssl_core.engine import row_sets
     from mssl_core.engine.methods import neighbour_graphs, propagation
 
-    monkeypatch.setattr(neighbour_graphs, "SMALLEST", 50)
+    monkeypatch.setattr(row_sets, "SMALLEST", 50)
     monkeypatch.setattr(propagation, "DENSE_LIMIT", 10)  # the large-batch path, where it matters
     _, support, labels, unlabeled, unlabeled_labels = gaussian_task(ways=4, shots=1, unlabeled_per_class=60)
     neighbour_graphs._graphs.clear()
@@ -202,7 +203,7 @@ def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_
 
 
 def test_row_fingerprints_see_bitwise_equality_regardless_of_position():
-    from mssl_core.engine.methods.neighbour_graphs import row_fingerprints
+    from mssl_core.engine.row_sets import row_fingerprints
 
     rows = torch.randn(300, 33)
     permutation = torch.randperm(300)
