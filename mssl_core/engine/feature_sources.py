@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -93,10 +94,10 @@ class TaskCentred(MethodWrapper):
         self.blocks, self.power, self.scale = blocks, power, scale
         self.projection = orthogonal_projection(sum(blocks), out_dim)
         self.mean: Tensor | None = None
-        # the task's images as `fit` took them, and their features, for the prediction that
-        # follows the fit (the review step predicts the very rows it adapted to); let go then, so
-        # an adapted task that is kept holds no copy of its images
-        self.task: tuple[Tensor, Tensor] | None = None
+        # the task's images as `fit` took them (labeled, then unlabeled), and their features,
+        # for the prediction that follows the fit (the review step predicts the very rows it
+        # adapted to); let go then, so an adapted task that is kept holds no copy of its images
+        self.task: tuple[tuple[Tensor, ...], Tensor] | None = None
 
     def _powered(self, x: Tensor) -> Tensor:
         if self.power is None:
@@ -107,7 +108,7 @@ class TaskCentred(MethodWrapper):
     def transform(self, x: Tensor) -> Tensor:
         """Features of `x` centred on the fitted task, normalised and projected."""
         task, self.task = self.task, None
-        if task is not None and x.shape == task[0].shape and torch.equal(x, task[0]):
+        if task is not None and _stacked(x, task[0]):
             return task[1]
         return self._mapped(self._powered(x.float()))
 
@@ -119,25 +120,26 @@ class TaskCentred(MethodWrapper):
         return self.scale * nn.functional.normalize(joined, dim=1) @ self.projection
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
-        task_images = support if unlabeled is None else torch.cat([support, unlabeled])
-        mapped = self._task_features(task_images)
-        self.task = (task_images, mapped)
+        parts = (support,) if unlabeled is None else (support, unlabeled)
+        mapped = self._task_features(parts)
+        self.task = (parts, mapped)
         mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
         self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self
 
-    def _task_features(self, task_images: Tensor) -> Tensor:
-        """The task's images centred on their own mean (which this sets), normalised and
-        projected; remembered for the same images in another order, as in review, where
-        computing them again took most of a re-adaptation at 10,000 images."""
+    def _task_features(self, parts: tuple[Tensor, ...]) -> Tensor:
+        """The task's images (`parts` stacked) centred on their own mean (which this sets),
+        normalised and projected; remembered for the same images in another order, as in review,
+        where computing them again took most of a re-adaptation at 10,000 images."""
         fingerprints = None
-        if len(task_images) >= row_sets.SMALLEST and not task_images.requires_grad:
-            fingerprints = row_fingerprints(task_images)
+        if sum(map(len, parts)) >= row_sets.SMALLEST and not any(p.requires_grad for p in parts):
+            # part by part: joining them first would copy the batch only to recognise it
+            fingerprints = np.concatenate([row_fingerprints(p) for p in parts])
             found = _centred_tasks.get(self._tag, fingerprints)
             if found is not None:
                 (self.mean, mapped), computed_order = found
                 return mapped[torch.from_numpy(to_old_order(computed_order, fingerprints))]
-        powered = self._powered(task_images.float())
+        powered = self._powered(torch.cat(parts).float())
         # summed in double precision, so the same images in another order (after a correction)
         # get bitwise the same features, and propagation finds its remembered neighbour lists
         self.mean = powered.double().mean(0, keepdim=True).float()
@@ -158,6 +160,14 @@ class TaskCentred(MethodWrapper):
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.method.predict_proba(self.transform(x))
+
+
+def _stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:
+    """Whether `x` is exactly `parts` one after the other."""
+    if len(x) != sum(map(len, parts)) or any(x.shape[1:] != p.shape[1:] for p in parts):
+        return False
+    starts = np.cumsum([0, *map(len, parts)])
+    return all(torch.equal(x[a:b], p) for a, b, p in zip(starts[:-1], starts[1:], parts, strict=True))
 
 
 CENTRED_SOURCES = ("imagenet", "pixels")

@@ -16,16 +16,25 @@ import numpy as np
 from torch import Tensor
 
 SMALLEST = 1000  # smaller sets are recomputed: cheap, and leave-one-out refits stay out
+# rows hashed at a time: their products stay in the cache (10,000 rows of 1,856 values: 0.04 s,
+# against 0.11 s for 32-bit words all at once)
+FINGERPRINT_CHUNK = 512
 
 
 def row_fingerprints(rows: Tensor) -> np.ndarray:
     """A 64-bit fingerprint per row, equal for bitwise-equal rows: a random linear hash of the
-    row's 32-bit words in exact integer arithmetic (so independent of the row's position)."""
-    words = np.ascontiguousarray(rows.detach().float().numpy()).view(np.uint32).astype(np.uint64)
-    multipliers = np.random.default_rng(len(words[0]) if len(words) else 0).integers(
-        1, 2**63, size=words.shape[1], dtype=np.uint64
-    )
-    return (words * (multipliers | np.uint64(1))).sum(1, dtype=np.uint64)
+    row's 64-bit words (pairs of its 32-bit values; single values where a row has an odd number)
+    in exact integer arithmetic modulo 2^64, so independent of the row's position."""
+    values = rows.detach().float().numpy()  # a view: each chunk is made contiguous on its own
+    width = values.shape[1] // 2 if values.shape[1] % 2 == 0 else values.shape[1]
+    multipliers = np.random.default_rng(width).integers(1, 2**63, size=width, dtype=np.uint64)
+    multipliers |= np.uint64(1)
+    fingerprints = np.empty(len(values), dtype=np.uint64)
+    for start in range(0, len(values), FINGERPRINT_CHUNK):
+        chunk = np.ascontiguousarray(values[start : start + FINGERPRINT_CHUNK])
+        words = chunk.view(np.uint64) if width != values.shape[1] else chunk.view(np.uint32)
+        fingerprints[start : start + len(chunk)] = (words * multipliers).sum(1, dtype=np.uint64)
+    return fingerprints
 
 
 def to_old_order(old: np.ndarray, new: np.ndarray) -> np.ndarray:

@@ -202,11 +202,12 @@ def test_propagation_reuses_the_graph_when_a_correction_moves_an_image_into_the_
     assert first.predict_proba(unlabeled).shape == fresh_proba.shape
 
 
-def test_row_fingerprints_see_bitwise_equality_regardless_of_position():
-    from mssl_core.engine.row_sets import row_fingerprints
+@pytest.mark.parametrize("columns", [33, 34])  # 32-bit words, and pairs of values as 64-bit words
+def test_row_fingerprints_see_bitwise_equality_regardless_of_position(columns):
+    from mssl_core.engine.row_sets import FINGERPRINT_CHUNK, row_fingerprints
 
-    rows = torch.randn(300, 33)
-    permutation = torch.randperm(300)
+    rows = torch.randn(2 * FINGERPRINT_CHUNK + 7, columns)  # across chunks
+    permutation = torch.randperm(len(rows))
     assert (row_fingerprints(rows)[permutation.numpy()] == row_fingerprints(rows[permutation])).all()
     nudged = rows.clone()
     nudged[5, 7] = torch.nextafter(nudged[5, 7], torch.tensor(10.0))
