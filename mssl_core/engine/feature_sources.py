@@ -137,7 +137,7 @@ class TaskCentred(MethodWrapper):
             fingerprints = np.concatenate([row_fingerprints(p) for p in parts])
             found = _centred_tasks.get(self._tag, fingerprints)
             if found is not None:
-                (self.mean, mapped), computed_order = found
+                self.mean, mapped, computed_order = found
                 return mapped[torch.from_numpy(to_old_order(computed_order, fingerprints))]
         powered = self._powered(torch.cat(parts).float())
         # summed in double precision, so the same images in another order (after a correction)
@@ -147,7 +147,7 @@ class TaskCentred(MethodWrapper):
         # another size, and a corrected image must keep its exact features (see above)
         mapped = self._mapped(powered)
         if fingerprints is not None:
-            _centred_tasks.put(self._tag, fingerprints, (self.mean, mapped))
+            _centred_tasks.put(self._tag, fingerprints, (self.mean, mapped, fingerprints))
         return mapped
 
     @property

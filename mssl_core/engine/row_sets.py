@@ -47,31 +47,31 @@ def to_old_order(old: np.ndarray, new: np.ndarray) -> np.ndarray:
 
 class RowSetMemory:
     """Values computed for the last `capacity` row sets, each under a tag saying what was
-    computed and how; the least recently used are forgotten first."""
+    computed and how; the least recently used are forgotten first. A value that depends on the
+    order of its rows keeps that order's fingerprints itself (see `to_old_order`)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self._values: OrderedDict[str, tuple[np.ndarray, object]] = OrderedDict()
+        self._values: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()  # app sessions run in threads and share this memory
 
     @staticmethod
     def _key(tag: str, fingerprints: np.ndarray) -> str:
         return f"{tag}:" + hashlib.sha1(np.sort(fingerprints).tobytes()).hexdigest()
 
-    def get(self, tag: str, fingerprints: np.ndarray) -> tuple[object, np.ndarray] | None:
-        """The value remembered for these rows, and the fingerprints of the order it was
-        computed in (see `to_old_order`); None if not remembered."""
+    def get(self, tag: str, fingerprints: np.ndarray) -> object | None:
+        """The value remembered for these rows in any order, or None."""
         key = self._key(tag, fingerprints)
         with self._lock:
             found = self._values.get(key)
             if found is not None:
                 self._values.move_to_end(key)
-        return None if found is None else (found[1], found[0])
+        return found
 
     def put(self, tag: str, fingerprints: np.ndarray, value: object) -> None:
-        """Remember `value` for the rows of `fingerprints`, in that order."""
+        """Remember `value` for the rows of `fingerprints`."""
         with self._lock:
-            self._values[self._key(tag, fingerprints)] = (fingerprints, value)
+            self._values[self._key(tag, fingerprints)] = value
             while len(self._values) > self.capacity:
                 self._values.popitem(last=False)
 

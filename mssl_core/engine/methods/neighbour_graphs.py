@@ -60,7 +60,7 @@ def remembered(nodes: Tensor, k: int) -> tuple[NeighbourLists | None, np.ndarray
         return None, None
     fingerprints = row_fingerprints(nodes)
     found = _graphs.get(str(k), fingerprints)
-    return (None if found is None else found[0].reordered(fingerprints)), fingerprints
+    return (None if found is None else found.reordered(fingerprints)), fingerprints
 
 
 def remember(lists: NeighbourLists, k: int) -> None:
