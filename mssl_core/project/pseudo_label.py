@@ -150,17 +150,16 @@ def adapt_batch(
     The batch is predicted as the very rows the method was fitted on (labeled, decided,
     undecided) and put back in batch order, so their task-centred features are computed once."""
     decided = decided_labels != UNDECIDED
-    support = torch.cat([labeled, batch[torch.from_numpy(decided)]])
-    labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])
-    undecided = batch[torch.from_numpy(~decided)]
-    task_rows = torch.cat([support, undecided])
-    prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows=len(labeled))
     fitted_order = np.concatenate([np.flatnonzero(decided), np.flatnonzero(~decided)])
+    # one copy of the task's rows; the labeled and unlabeled parts are views of it, so members
+    # recognise the rows they predict as those they were fitted on without comparing them
+    task_rows = torch.cat([labeled, batch[torch.from_numpy(fitted_order)]])
+    support, undecided = task_rows[: len(labeled) + decided.sum()], task_rows[len(labeled) + decided.sum() :]
+    labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])
+    prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows=len(labeled))
     in_batch_order = len(labeled) + np.argsort(fitted_order)
     return dataclasses.replace(
-        prediction,
-        probabilities=prediction.probabilities[in_batch_order],
-        embeddings=prediction.embeddings[in_batch_order],
+        prediction, probabilities=prediction.probabilities[in_batch_order], embeddings=batch.numpy()
     )
 
 

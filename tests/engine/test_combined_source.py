@@ -55,7 +55,7 @@ def test_with_one_labeled_image_per_class_the_development_factors_stand_in():
 
 
 def test_joint_features_hold_each_source_as_it_embeds_alone(shape_folders):
-    from mssl_core.engine.backbones import PixelBackbone, embed_images
+    from mssl_core.engine.backbones import MobileNetV3Small, PixelBackbone, embed_images
     from mssl_core.engine.feature_sources import ImageNetStages
     from mssl_core.labeling.adapt import model_for
     from mssl_core.labeling.images import decode_image, list_files
@@ -69,6 +69,7 @@ def test_joint_features_hold_each_source_as_it_embeds_alone(shape_folders):
         "mobilenetv2": model_for("protonet", "mobilenetv2").backbone,
         "conv4": model_for("protonet", "conv4").backbone,
         "pixels": PixelBackbone(),
+        "mobilenetv3": MobileNetV3Small(),
     }
     for name, backbone in alone.items():
         assert torch.allclose(joint[:, where[name]], embed_images(backbone, images), atol=1e-4), name
@@ -111,14 +112,15 @@ def test_semi_supervised_terms_reach_every_member(shots):
 
 
 def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeypatch):
-    """Five members, five graphs over the same batch: all of them are remembered, so moving one
-    image into the labeled set does not recompute any (the costly part at 10,000 images)."""
+    """Six members, six graphs over the same batch (as many as the default has): all of them are
+    remembered, so moving one image into the labeled set does not recompute any (the costly part
+    at 10,000 images)."""
     from mssl_core.engine.methods.propagation import LabelPropagation
 
     generator = torch.Generator().manual_seed(0)
-    batch = torch.randn(1200, 40, generator=generator)
-    support, labels = torch.randn(6, 40, generator=generator), torch.arange(3).repeat_interleave(2)
-    members = {f"m{i}": Sliced(make_method("propagation"), slice(8 * i, 8 * i + 8)) for i in range(5)}
+    batch = torch.randn(1200, 48, generator=generator)
+    support, labels = torch.randn(6, 48, generator=generator), torch.arange(3).repeat_interleave(2)
+    members = {f"m{i}": Sliced(make_method("propagation"), slice(8 * i, 8 * i + 8)) for i in range(6)}
     ensemble = SourceEnsemble(members, {**{n: 1.0 for n in members}, "combined": 1.0})
     ensemble.fit(support, labels, batch)
     searched = []

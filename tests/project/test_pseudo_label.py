@@ -66,3 +66,17 @@ def test_a_decision_reuses_the_task_centred_features_and_predicts_as_a_fresh_fit
     fresh = adapt_batch(model, classes, labeled, labeled_labels, batch, decided_labels)
     assert len(labeled) + len(batch) in mapped_rows
     assert np.array_equal(remembered.probabilities, fresh.probabilities)
+
+
+def test_predicted_rows_are_recognised_as_the_fitted_ones_by_where_they_sit_or_by_their_values():
+    from mssl_core.engine.feature_sources import _stacked
+
+    rows = torch.rand(10, 4)
+    parts = (rows[:3], rows[3:])  # views, as the review step passes them
+    assert _stacked(rows, parts)
+    assert _stacked(rows.clone(), parts)  # equal values elsewhere in memory
+    changed = rows.clone()
+    changed[7, 2] += 1
+    assert not _stacked(changed, parts)
+    assert not _stacked(rows[:, :3], (rows[:3, :3], rows[4:, :3]))  # a row short
+    assert not _stacked(torch.cat([rows[3:], rows[:3]]), parts)  # the same rows in another order

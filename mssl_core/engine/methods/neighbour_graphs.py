@@ -19,7 +19,7 @@ from torch import Tensor
 from mssl_core.engine import row_sets
 from mssl_core.engine.row_sets import RowSetMemory, row_fingerprints, to_old_order
 
-REMEMBERED = 10  # node sets kept: five per batch (one per member of the combined source), two batches
+REMEMBERED = 12  # node sets kept: six per batch (one per graph member of the combined source), two batches
 
 _graphs = RowSetMemory(REMEMBERED)
 
