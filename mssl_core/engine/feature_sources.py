@@ -52,7 +52,7 @@ class ImageNetStages(MobileNetV2Backbone):
         self.embedding_dim = sum(IMAGENET_STAGE_DIMS)
 
     def _torch_features(self, x: Tensor) -> Tensor:
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = self.normalised(x).contiguous(memory_format=torch.channels_last)
         pooled = []
         for index, block in enumerate(self.features):
             x = block(x)

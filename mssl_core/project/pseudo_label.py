@@ -154,7 +154,8 @@ def adapt_batch(
     # one copy of the task's rows; the labeled and unlabeled parts are views of it, so members
     # recognise the rows they predict as those they were fitted on without comparing them
     task_rows = torch.cat([labeled, batch[torch.from_numpy(fitted_order)]])
-    support, undecided = task_rows[: len(labeled) + decided.sum()], task_rows[len(labeled) + decided.sum() :]
+    supported = len(labeled) + int(decided.sum())
+    support, undecided = task_rows[:supported], task_rows[supported:]
     labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])
     prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows=len(labeled))
     in_batch_order = len(labeled) + np.argsort(fitted_order)
