@@ -22,11 +22,11 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from mssl_core.engine.backbones import Backbone, Conv4, MobileNetV2Backbone, MobileNetV3Small, PixelBackbone
 from mssl_core.engine.calibration import (
@@ -37,7 +37,14 @@ from mssl_core.engine.calibration import (
 )
 from mssl_core.engine.checkpoints import Model
 from mssl_core.engine.contract import Method, MethodWrapper
-from mssl_core.engine.feature_sources import IMAGENET_STAGE_DIMS, ImageNetStages, TaskCentred, centred_method
+from mssl_core.engine.feature_sources import (
+    IMAGENET_STAGE_DIMS,
+    ImageNetStages,
+    TaskCentred,
+    centred_method,
+    is_stacked,
+)
+from mssl_core.engine.last_stage import LastStageTuning, matched_temperature
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
@@ -148,6 +155,9 @@ class Calibration:
     temperature: float  # the ensemble's own, on the members' averaged log-probabilities
     checked: bool  # measured on the user's labeled images (every class has two), not assumed
     held_out: Tensor | None = None  # each labeled image's probabilities, predicted from the others
+    # MobileNetV2's last block tuned to the task (last_stage.py), with `temperature` matched to
+    # the frozen ensemble's confidence; None: the frozen features
+    tuned_block: nn.Module | None = None
 
 
 class SourceEnsemble:
@@ -156,13 +166,19 @@ class SourceEnsemble:
 
     per_dimension = False
 
-    def __init__(self, members: dict[str, Sliced], one_shot_factors: dict[str, float] = ONE_SHOT_FACTORS):
-        self.members, self.one_shot_factors = members, one_shot_factors
+    def __init__(
+        self,
+        members: dict[str, Sliced],
+        one_shot_factors: dict[str, float] = ONE_SHOT_FACTORS,
+        tuning: LastStageTuning | None = None,
+    ):
+        self.members, self.one_shot_factors, self.tuning = members, one_shot_factors, tuning
         first = next(iter(members.values())).method
         self.name = first.name
         self.family, self.description = first.family, first.description
         self.uses_unlabeled, self.meta_trained = first.uses_unlabeled, first.meta_trained
         self.calibration = Calibration({}, 1.0, False)  # until fitted
+        self._fitted_rows: tuple[tuple[Tensor, ...], Tensor] | None = None  # see `_fit_members`
 
     @property
     def factors(self) -> dict[str, float]:
@@ -209,13 +225,55 @@ class SourceEnsemble:
         calibration: Calibration | None = None,
     ) -> SourceEnsemble:
         """Fit every active member to the task; `calibration` as `calibrate` gives it (computed
-        here from `support` when not given)."""
+        here from `support` when not given). With `tuning`, a batch and confidence checked, the
+        last stage is then tuned to the task (last_stage.py) unless `calibration` brings a tuned
+        block already, as `self.calibration` does after this fit: the review loop passes it back
+        to refit fast."""
         calibration = calibration or self.calibrate(support, support_labels, unlabeled)
         self.calibration = calibration
+        if self.tuning is not None:
+            self.tuning.tuned_block = calibration.tuned_block
+        self._fit_members(support, support_labels, unlabeled)
+        # tuned only where confidence was checked on the user's images: the tuned ensemble's
+        # temperature is matched to the frozen one's, which must itself be right (at one shot
+        # the tuning also gained nothing on the development domains)
+        if self.tuning is None or unlabeled is None or not calibration.checked or calibration.tuned_block:
+            return self
+        with torch.no_grad():
+            frozen = self.predict_proba(unlabeled)
+        if self.tuning.fit(support, support_labels, unlabeled, frozen):
+            self._fit_members(support, support_labels, unlabeled)
+            with torch.no_grad():
+                logits = self.logits(unlabeled)
+            temperature = matched_temperature(logits, frozen.max(1).values.mean().item())
+            self.calibration = replace(
+                calibration, temperature=temperature, tuned_block=self.tuning.tuned_block
+            )
+        return self
+
+    def _fit_members(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
+        parts = (support,) if unlabeled is None else (support, unlabeled)
+        if self.tuning is not None and self.tuning.tuned_block is not None:
+            # one tensor, the parts its views: predicting the same rows then finds them (_tuned)
+            rows = self.tuning.transform(*parts)
+            self._fitted_rows = (parts, rows)
+            support, unlabeled = rows[: len(support)], None if unlabeled is None else rows[len(support) :]
         with torch.no_grad():
             for member in self.active_members().values():
                 member.fit(support, support_labels, unlabeled)
-        return self
+
+    def _tuned(self, x: Tensor) -> Tensor:
+        """`x` with the tuned last stage; the rows of the last fit as they were tuned for it."""
+        if self.tuning is None or self.tuning.tuned_block is None:
+            return x
+        if self._fitted_rows is not None:
+            # let go, as TaskCentred lets go of its task: an adapted task kept holds no rows
+            (parts, rows), self._fitted_rows = self._fitted_rows, None
+            if is_stacked(x, parts):
+                return rows
+            if len(parts) == 2 and is_stacked(x, parts[1:]):
+                return rows[len(parts[0]) :]
+        return self.tuning.transform(x)
 
     def active_members(self) -> dict[str, Sliced]:
         """The members that take part in the task fitted last (see NEEDS_TWO_PER_CLASS)."""
@@ -225,6 +283,7 @@ class SourceEnsemble:
 
     def member_log_probabilities(self, x: Tensor) -> dict[str, Tensor]:
         """Each member's calibrated log-probabilities of `x`."""
+        x = self._tuned(x)
         return {
             name: torch.log_softmax(calibrated_logits(member, x) / self.factors[name], dim=1)
             for name, member in self.active_members().items()
@@ -265,7 +324,10 @@ def combined_model(mobilenet: Model, conv4: Model) -> Model:
         "mobilenetv3-logreg": TaskCentred(make_method("logreg"), (small,), 0.5, backbone.head_dim, 1.0),
     }
     slices = {**where, "logreg": where["final"], "mobilenetv3-logreg": where["mobilenetv3"]}
-    method = SourceEnsemble({name: Sliced(m, slices[name]) for name, m in members.items()})
+    tuning = LastStageTuning(
+        mobilenet.backbone.features[18], backbone.head, where["final"], where["mobilenetv2"]
+    )
+    method = SourceEnsemble({name: Sliced(m, slices[name]) for name, m in members.items()}, tuning=tuning)
     fingerprint = hashlib.sha256(f"joint-v2:{mobilenet.fingerprint}:{conv4.fingerprint}".encode()).hexdigest()[
         :16
     ]

@@ -108,7 +108,7 @@ class TaskCentred(MethodWrapper):
     def transform(self, x: Tensor) -> Tensor:
         """Features of `x` centred on the fitted task, normalised and projected."""
         task, self.task = self.task, None
-        if task is not None and _stacked(x, task[0]):
+        if task is not None and is_stacked(x, task[0]):
             return task[1]
         return self._mapped(self._powered(x.float()))
 
@@ -162,19 +162,19 @@ class TaskCentred(MethodWrapper):
         return self.method.predict_proba(self.transform(x))
 
 
-def _stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:
+def is_stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:
     """Whether `x` is exactly `parts` one after the other: views of the same memory where they
     sit (as the review step passes them: no comparison needed), else compared."""
     if len(x) != sum(map(len, parts)) or any(x.shape[1:] != p.shape[1:] for p in parts):
         return False
     starts = np.cumsum([0, *map(len, parts)])
     return all(
-        _same_view(x[a:b], p) or torch.equal(x[a:b], p)
+        is_same_view(x[a:b], p) or torch.equal(x[a:b], p)
         for a, b, p in zip(starts[:-1], starts[1:], parts, strict=True)
     )
 
 
-def _same_view(a: Tensor, b: Tensor) -> bool:
+def is_same_view(a: Tensor, b: Tensor) -> bool:
     """Whether two tensors are the same elements of the same memory."""
     return (
         a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

@@ -10,7 +10,6 @@ import copy
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +124,19 @@ def fit_task(
     if isinstance(method, SourceEnsemble):
         method.with_ssl(ssl)
         labeled, labels = support[calibrate_on], support_labels[calibrate_on]
-        if calibrate_on.stop:  # in review: the labeled rows' calibration, remembered
+        if not calibrate_on.stop:
+            method.fit(
+                support, support_labels, task_unlabeled, method.calibrate(labeled, labels, task_unlabeled)
+            )
+        else:  # in review: the labeled rows' calibration and tuned last stage, remembered
             key = _calibration_key(model, ssl, labeled, labels)
-            calibration = _remembered(key, lambda: method.calibrate(labeled, labels, task_unlabeled))
-        else:
-            calibration = method.calibrate(labeled, labels, task_unlabeled)
-        method.fit(support, support_labels, task_unlabeled, calibration)
-        return AdaptedTask(classes, method, method.temperature, method.checked, calibration.held_out)
+            calibration = _recalled(key)
+            if calibration is None:
+                calibration = method.calibrate(labeled, labels, task_unlabeled)
+            method.fit(support, support_labels, task_unlabeled, calibration)
+            _remember(key, method.calibration)
+        held_out = method.calibration.held_out
+        return AdaptedTask(classes, method, method.temperature, method.checked, held_out)
     method = with_ssl(method, ssl)
     measured = held_out_calibration(method, support[calibrate_on], support_labels[calibrate_on], task_unlabeled)
     with torch.no_grad():
@@ -156,19 +161,21 @@ def _calibration_key(model: Model, ssl: SSLOptions | None, support: Tensor, labe
     return digest.hexdigest()
 
 
-def _remembered(key: str, compute: Callable[[], Calibration]) -> Calibration:
-    """The calibration remembered under `key`, else `compute`d and remembered (least recently
-    used ones forgotten first)."""
+def _recalled(key: str) -> Calibration | None:
+    """The calibration remembered under `key`, if any."""
     with _calibrations_lock:
         if key in _calibrations:
             _calibrations.move_to_end(key)
             return _calibrations[key]
-    calibration = compute()  # outside the lock: seconds, and other sessions go on meanwhile
+    return None
+
+
+def _remember(key: str, calibration: Calibration) -> None:
+    """Remember `calibration` under `key` (least recently used ones forgotten first)."""
     with _calibrations_lock:
         _calibrations[key] = calibration
         while len(_calibrations) > REMEMBERED_CALIBRATIONS:
             _calibrations.popitem(last=False)
-    return calibration
 
 
 def adapt(

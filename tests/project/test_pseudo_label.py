@@ -69,14 +69,14 @@ def test_a_decision_reuses_the_task_centred_features_and_predicts_as_a_fresh_fit
 
 
 def test_predicted_rows_are_recognised_as_the_fitted_ones_by_where_they_sit_or_by_their_values():
-    from mssl_core.engine.feature_sources import _stacked
+    from mssl_core.engine.feature_sources import is_stacked
 
     rows = torch.rand(10, 4)
     parts = (rows[:3], rows[3:])  # views, as the review step passes them
-    assert _stacked(rows, parts)
-    assert _stacked(rows.clone(), parts)  # equal values elsewhere in memory
+    assert is_stacked(rows, parts)
+    assert is_stacked(rows.clone(), parts)  # equal values elsewhere in memory
     changed = rows.clone()
     changed[7, 2] += 1
-    assert not _stacked(changed, parts)
-    assert not _stacked(rows[:, :3], (rows[:3, :3], rows[4:, :3]))  # a row short
-    assert not _stacked(torch.cat([rows[3:], rows[:3]]), parts)  # the same rows in another order
+    assert not is_stacked(changed, parts)
+    assert not is_stacked(rows[:, :3], (rows[:3, :3], rows[4:, :3]))  # a row short
+    assert not is_stacked(torch.cat([rows[3:], rows[:3]]), parts)  # the same rows in another order
