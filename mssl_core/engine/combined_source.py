@@ -240,18 +240,27 @@ class SourceEnsemble:
         if self.tuning is None or unlabeled is None or not calibration.checked or calibration.tuned_block:
             return self
         with torch.no_grad():
-            frozen = self.predict_proba(unlabeled)
+            frozen_members = self.member_log_probabilities(unlabeled)
+            frozen = torch.softmax(torch.stack(list(frozen_members.values())).mean(0) / self.temperature, dim=1)
         if self.tuning.fit(support, support_labels, unlabeled, frozen):
-            self._fit_members(support, support_labels, unlabeled)
+            # only the members that read the tuned columns change: the others are not refitted
+            changed = [
+                name for name, m in self.active_members().items() if _overlap(m.where, self.tuning.writes)
+            ]
+            self._fit_members(support, support_labels, unlabeled, changed)
             with torch.no_grad():
-                logits = self.logits(unlabeled)
+                tuned_members = self.member_log_probabilities(unlabeled, changed)
+            logits = torch.stack([tuned_members.get(n, lp) for n, lp in frozen_members.items()]).mean(0)
             temperature = matched_temperature(logits, frozen.max(1).values.mean().item())
             self.calibration = replace(
                 calibration, temperature=temperature, tuned_block=self.tuning.tuned_block
             )
         return self
 
-    def _fit_members(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
+    def _fit_members(
+        self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None, names: list[str] | None = None
+    ) -> None:
+        """Fit the active members (those of `names` only, where given)."""
         parts = (support,) if unlabeled is None else (support, unlabeled)
         if self.tuning is not None and self.tuning.tuned_block is not None:
             # one tensor, the parts its views: predicting the same rows then finds them (_tuned)
@@ -259,8 +268,9 @@ class SourceEnsemble:
             self._fitted_rows = (parts, rows)
             support, unlabeled = rows[: len(support)], None if unlabeled is None else rows[len(support) :]
         with torch.no_grad():
-            for member in self.active_members().values():
-                member.fit(support, support_labels, unlabeled)
+            for name, member in self.active_members().items():
+                if names is None or name in names:
+                    member.fit(support, support_labels, unlabeled)
 
     def _tuned(self, x: Tensor) -> Tensor:
         """`x` with the tuned last stage; the rows of the last fit as they were tuned for it."""
@@ -281,12 +291,13 @@ class SourceEnsemble:
             return self.members
         return {name: m for name, m in self.members.items() if name not in NEEDS_TWO_PER_CLASS}
 
-    def member_log_probabilities(self, x: Tensor) -> dict[str, Tensor]:
-        """Each member's calibrated log-probabilities of `x`."""
+    def member_log_probabilities(self, x: Tensor, names: list[str] | None = None) -> dict[str, Tensor]:
+        """Each member's (those of `names` only, where given) calibrated log-probabilities of `x`."""
         x = self._tuned(x)
         return {
             name: torch.log_softmax(calibrated_logits(member, x) / self.factors[name], dim=1)
             for name, member in self.active_members().items()
+            if names is None or name in names
         }
 
     def logits(self, x: Tensor) -> Tensor:
@@ -300,6 +311,10 @@ class SourceEnsemble:
 
     def set_task_parameters(self, tensors: list[Tensor]) -> None:
         """Nothing of its own to replace."""
+
+
+def _overlap(a: slice, b: slice) -> bool:
+    return a.start < b.stop and b.start < a.stop
 
 
 def combined_model(mobilenet: Model, conv4: Model) -> Model:
