@@ -169,12 +169,12 @@ def is_stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:
         return False
     starts = np.cumsum([0, *map(len, parts)])
     return all(
-        is_same_view(x[a:b], p) or torch.equal(x[a:b], p)
+        _same_view(x[a:b], p) or torch.equal(x[a:b], p)
         for a, b, p in zip(starts[:-1], starts[1:], parts, strict=True)
     )
 
 
-def is_same_view(a: Tensor, b: Tensor) -> bool:
+def _same_view(a: Tensor, b: Tensor) -> bool:
     """Whether two tensors are the same elements of the same memory."""
     return (
         a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()

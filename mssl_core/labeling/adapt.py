@@ -125,9 +125,7 @@ def fit_task(
         method.with_ssl(ssl)
         labeled, labels = support[calibrate_on], support_labels[calibrate_on]
         if not calibrate_on.stop:
-            method.fit(
-                support, support_labels, task_unlabeled, method.calibrate(labeled, labels, task_unlabeled)
-            )
+            method.fit(support, support_labels, task_unlabeled)
         else:  # in review: the labeled rows' calibration and tuned last stage, remembered
             key = _calibration_key(model, ssl, labeled, labels)
             calibration = _recalled(key)
@@ -135,8 +133,7 @@ def fit_task(
                 calibration = method.calibrate(labeled, labels, task_unlabeled)
             method.fit(support, support_labels, task_unlabeled, calibration)
             _remember(key, method.calibration)
-        held_out = method.calibration.held_out
-        return AdaptedTask(classes, method, method.temperature, method.checked, held_out)
+        return AdaptedTask(classes, method, method.temperature, method.checked, method.calibration.held_out)
     method = with_ssl(method, ssl)
     measured = held_out_calibration(method, support[calibrate_on], support_labels[calibrate_on], task_unlabeled)
     with torch.no_grad():
