@@ -118,6 +118,7 @@ def main() -> None:
     print(f"| /webhook with one new annotation, answered | {median['webhook']:.3f} |")
     print(f"| ... until the next /predict of {BATCH} answers, re-adapted | {median['readapted']:.3f} |")
     print(f"| ... of which the re-adapt (`fit_task`, {TASKS:,} tasks) | {median['fit']:.3f} |")
+    print(f"| ... the slowest re-adapt (the last stage tuned again) | {max(timed['fit']):.3f} |")
     print(f"accuracy over all tasks after {len(shots) + REPEATS} annotations: {np.mean(right):.1%}")
 
 

@@ -158,6 +158,8 @@ class Calibration:
     # MobileNetV2's last block tuned to the task (last_stage.py), with `temperature` matched to
     # the frozen ensemble's confidence; None: the frozen features
     tuned_block: nn.Module | None = None
+    tuned_on: int = 0  # labeled images the block was tuned with
+    tuned_ratio: float = 1.0  # the matched temperature over the frozen one
 
 
 class SourceEnsemble:
@@ -253,9 +255,28 @@ class SourceEnsemble:
             logits = torch.stack([tuned_members.get(n, lp) for n, lp in frozen_members.items()]).mean(0)
             temperature = matched_temperature(logits, frozen.max(1).values.mean().item())
             self.calibration = replace(
-                calibration, temperature=temperature, tuned_block=self.tuning.tuned_block
+                calibration,
+                temperature=temperature,
+                tuned_block=self.tuning.tuned_block,
+                tuned_on=len(support),
+                tuned_ratio=temperature / calibration.temperature,
             )
         return self
+
+    @staticmethod
+    def carried_tuning(calibration: Calibration, earlier: Calibration) -> Calibration:
+        """`calibration` (frozen, measured on a grown labeled set) with the block tuned for an
+        earlier one, its temperature scaled as the earlier matching scaled it: refitting then
+        skips the tuning (a Label Studio annotation, last_stage.py) and its frozen predictions."""
+        if not calibration.checked or earlier.tuned_block is None:
+            return calibration
+        return replace(
+            calibration,
+            temperature=calibration.temperature * earlier.tuned_ratio,
+            tuned_block=earlier.tuned_block,
+            tuned_on=earlier.tuned_on,
+            tuned_ratio=earlier.tuned_ratio,
+        )
 
     def _fit_members(
         self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None, names: list[str] | None = None

@@ -280,13 +280,17 @@ class MLBackend:
         if len(classes) < 2:
             return None
         key = (self.model_version(project), len(state.images))
-        if project in self._fitted and self._fitted[project][0] == key:
-            return self._fitted[project][1]
+        earlier = self._fitted.get(project)
+        if earlier and earlier[0] == key:
+            return earlier[1]
         support = self._stack([state.images[task][1] for task in labels])
         support_labels = torch.tensor([classes.index(label) for label in labels.values()])
         others = [sha for task, (_, sha) in state.images.items() if task not in labels]
         unlabeled = self._stack(others)[fit_sample(len(others))]
-        fitted = fit_task(self.model, classes, support, support_labels, unlabeled)
+        # the last stage tuned for fewer annotations is kept while it may serve (fit_task)
+        fitted = fit_task(
+            self.model, classes, support, support_labels, unlabeled, earlier=earlier and earlier[1]
+        )
         self._fitted[project] = (key, fitted)
         return fitted
 

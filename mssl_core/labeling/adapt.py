@@ -99,6 +99,7 @@ def fit_task(
     unlabeled: Tensor,
     ssl: SSLOptions | None = None,
     labeled_rows: int | None = None,
+    earlier: AdaptedTask | None = None,
 ) -> AdaptedTask:
     """Fit the method to the task (support + unlabeled), with the semi-supervised terms of
     `ssl` switched on.
@@ -111,7 +112,11 @@ def fit_task(
     In review, `labeled_rows` says how many leading support rows the user labeled; the rest
     were decided in review, picked for being hard, so a calibration measured on them would
     under-promise. Confidence is then calibrated on the labeled rows alone (while every class
-    has two there), and that calibration is remembered: a decision costs only the refit."""
+    has two there), and that calibration is remembered: a decision costs only the refit.
+
+    `earlier`: this task fitted before a few more labeled images came (Label Studio annotations,
+    same classes): its tuned last stage is kept until the labeled set has grown by half since
+    it was tuned (RETUNE_GROWTH), so a new label costs the calibration and the refit only."""
     task_unlabeled = unlabeled if len(unlabeled) else None
     calibrate_on = slice(None)
     if (
@@ -125,7 +130,10 @@ def fit_task(
         method.with_ssl(ssl)
         labeled, labels = support[calibrate_on], support_labels[calibrate_on]
         if not calibrate_on.stop:
-            method.fit(support, support_labels, task_unlabeled)
+            calibration = None
+            if kept := _kept_tuning(earlier, classes, len(support)):
+                calibration = method.carried_tuning(method.calibrate(labeled, labels, task_unlabeled), kept)
+            method.fit(support, support_labels, task_unlabeled, calibration)
         else:  # in review: the labeled rows' calibration and tuned last stage, remembered
             key = _calibration_key(model, ssl, labeled, labels)
             calibration = _recalled(key)
@@ -144,6 +152,19 @@ def fit_task(
         return AdaptedTask(classes, method, method.temperature * ONE_SHOT_FACTORS.get(model.backbone.name, 1.0))
     factor, held_out = measured
     return AdaptedTask(classes, method, method.temperature * factor, True, held_out)
+
+
+RETUNE_GROWTH = 1.5  # the last stage is tuned again once the labeled set is this much larger
+
+
+def _kept_tuning(earlier: AdaptedTask | None, classes: list[str], labeled: int) -> Calibration | None:
+    """The earlier fit's calibration, where its tuned last stage may serve `labeled` images."""
+    if earlier is None or earlier.classes != classes or not isinstance(earlier.method, SourceEnsemble):
+        return None
+    calibration = earlier.method.calibration
+    if calibration.tuned_block is None or labeled >= RETUNE_GROWTH * calibration.tuned_on:
+        return None
+    return calibration
 
 
 REMEMBERED_CALIBRATIONS = 32  # one per (model, labeled set) under review: a few projects at once

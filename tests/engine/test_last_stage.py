@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -126,3 +128,41 @@ def test_a_decision_in_review_reuses_the_tuned_stage_and_its_rows(monkeypatch):
     assert tunings == [1] and not computed
     assert (second.probabilities.argmax(1) == truth.numpy()).mean() >= 0.95
     assert first.probabilities.shape == second.probabilities.shape
+
+
+def test_a_few_more_labeled_images_keep_the_tuned_stage_until_the_set_grows_by_half(monkeypatch):
+    """Label Studio's path: each annotation refits with the earlier tuned block (its temperature
+    scaled as matched then) until the labeled set is RETUNE_GROWTH times the one it was tuned on,
+    or the classes change."""
+    from mssl_core.labeling.adapt import RETUNE_GROWTH, fit_task, model_for
+
+    model = model_for("protonet", "combined")
+    generator = torch.Generator().manual_seed(1)
+    dim = model.backbone.embedding_dim
+    centres = torch.randn(3, dim, generator=generator) * 0.6
+    truth = torch.arange(3).repeat(100)
+    batch = centres[truth] + torch.randn(len(truth), dim, generator=generator) * 0.5
+    labels = torch.arange(3).repeat(8)
+    support = centres[labels] + torch.randn(len(labels), dim, generator=generator) * 0.5
+    tunings = []
+    fit = LastStageTuning.fit
+    monkeypatch.setattr(LastStageTuning, "fit", lambda self, *a: tunings.append(1) or fit(self, *a))
+
+    def fitted(shots: int, classes="abc", earlier=None):
+        rows = slice(0, 3 * shots)
+        return fit_task(model, list(classes), support[rows], labels[rows], batch, earlier=earlier)
+
+    first = fitted(4)
+    tuned = first.method.calibration
+    assert len(tunings) == 1 and tuned.tuned_block is not None and tuned.tuned_on == 12
+    second = fitted(5, earlier=first)
+    kept = second.method.calibration
+    assert len(tunings) == 1 and kept.tuned_block is tuned.tuned_block and kept.tuned_on == 12
+    frozen = copy.deepcopy(model.method).calibrate(support[:15], labels[:15], batch)
+    assert kept.temperature == pytest.approx(frozen.temperature * tuned.tuned_ratio)
+    assert (second.probabilities(batch).argmax(1) == truth).float().mean() >= 0.95
+    assert 5 < RETUNE_GROWTH * 4 <= 6
+    assert fitted(6, earlier=second).method.calibration.tuned_block is not tuned.tuned_block
+    assert len(tunings) == 2
+    fitted(5, classes="xyz", earlier=first)
+    assert len(tunings) == 3
