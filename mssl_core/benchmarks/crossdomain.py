@@ -34,7 +34,6 @@ from torch import Tensor
 
 from mssl_core.engine.backbones import embed_images
 from mssl_core.engine.calibration import calibrated_logits, expected_calibration_error, fit_temperature
-from mssl_core.engine.combined_source import NEEDS_TWO_PER_CLASS
 from mssl_core.engine.data.domains import DOMAINS, Domain, domain
 from mssl_core.engine.data.episodes import Episode, EpisodeSampler, EpisodeSpec
 from mssl_core.engine.data.paths import REPO_ROOT
@@ -243,11 +242,7 @@ def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -
     if tests:
         raise ValueError(f"choices are fitted on development domains only; got {', '.join(tests)}")
     method = default_method()
-    members = {
-        name: member
-        for name, member in model_for(method, "combined").method.members.items()
-        if name not in NEEDS_TWO_PER_CLASS
-    }
+    members = model_for(method, "combined").method.members_for(two_per_class=False)
     logits: dict[str, list[Tensor]] = {name: [] for name in members}
     truths = []
     for d in chosen:

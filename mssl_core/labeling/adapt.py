@@ -19,7 +19,12 @@ from torch import Tensor
 
 from mssl_core.engine.calibration import held_out_calibration
 from mssl_core.engine.checkpoints import MODELS_DIR, Model, available_models, load_model
-from mssl_core.engine.combined_source import ONE_SHOT_FACTORS, Calibration, SourceEnsemble, combined_model
+from mssl_core.engine.combined_source import (
+    SINGLE_SOURCE_ONE_SHOT_FACTORS,
+    Calibration,
+    SourceEnsemble,
+    combined_model,
+)
 from mssl_core.engine.feature_sources import CENTRED_SOURCES, centred_model
 from mssl_core.engine.methods import METHODS, make_method
 from mssl_core.engine.ssl import SSLOptions, with_ssl
@@ -149,7 +154,9 @@ def fit_task(
     if method.temperature is None:
         return AdaptedTask(classes, method, None, False)
     if measured is None:
-        return AdaptedTask(classes, method, method.temperature * ONE_SHOT_FACTORS.get(model.backbone.name, 1.0))
+        return AdaptedTask(
+            classes, method, method.temperature * SINGLE_SOURCE_ONE_SHOT_FACTORS.get(model.backbone.name, 1.0)
+        )
     factor, held_out = measured
     return AdaptedTask(classes, method, method.temperature * factor, True, held_out)
 

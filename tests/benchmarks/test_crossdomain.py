@@ -129,7 +129,7 @@ def test_task_centred_features_do_not_depend_on_where_the_batch_is_centred():
 
 
 def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_checked(shape_folders):
-    from mssl_core.engine.combined_source import ONE_SHOT_FACTORS
+    from mssl_core.engine.combined_source import SINGLE_SOURCE_ONE_SHOT_FACTORS
     from mssl_core.labeling.adapt import fit_task, model_for
 
     model = model_for("protonet", "imagenet")
@@ -140,4 +140,6 @@ def test_one_shot_confidence_uses_the_development_factor_and_says_it_was_not_che
     batch = embed_images(model.backbone, images * 2)
     task = fit_task(model, ["r", "g", "b"], support, torch.arange(3), batch)
     assert not task.confidence_checked
-    assert task.temperature == pytest.approx(task.method.temperature * ONE_SHOT_FACTORS["imagenet"])
+    assert task.temperature == pytest.approx(
+        task.method.temperature * SINGLE_SOURCE_ONE_SHOT_FACTORS["imagenet"]
+    )

@@ -146,3 +146,15 @@ def test_a_classifier_member_sits_out_tasks_with_one_labeled_image_in_a_class():
     support, labels, batch, _ = _two_sources(shots=3)
     ensemble.fit(support, labels, batch)
     assert set(ensemble.factors) == {"informative", "logreg"}
+
+
+def test_the_centred_imagenet_members_propagate_at_the_plain_local_scale():
+    """Their graph's kernel width is the plain local scale; the meta-trained members keep the
+    scale learned with their features."""
+    from mssl_core.engine.combined_source import PLAIN_LOCAL_SCALE
+    from mssl_core.labeling.adapt import model_for
+
+    members = model_for("propagation", "combined").method.members
+    for name in PLAIN_LOCAL_SCALE:
+        assert members[name].method.method.log_scale.item() == 0.0
+    assert members["mobilenetv2"].method.log_scale.item() < -0.5
