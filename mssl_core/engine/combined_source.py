@@ -171,6 +171,20 @@ class Calibration:
     tuned_on: int = 0  # labeled images the block was tuned with
     tuned_ratio: float = 1.0  # the matched temperature over the frozen one
 
+    def with_tuning_of(self, earlier: Calibration) -> Calibration:
+        """This (frozen) calibration, measured on a grown labeled set, with the block tuned for
+        an earlier one and its temperature scaled as the earlier matching scaled it: a refit
+        then skips the tuning (a Label Studio annotation). Unchecked: left as it is."""
+        if not self.checked:
+            return self
+        return replace(
+            self,
+            temperature=self.temperature * earlier.tuned_ratio,
+            tuned_block=earlier.tuned_block,
+            tuned_on=earlier.tuned_on,
+            tuned_ratio=earlier.tuned_ratio,
+        )
+
 
 class SourceEnsemble:
     """The members' calibrated log-probabilities averaged, at a temperature of its own; see the
@@ -273,21 +287,6 @@ class SourceEnsemble:
             )
         return self
 
-    @staticmethod
-    def carried_tuning(calibration: Calibration, earlier: Calibration) -> Calibration:
-        """`calibration` (frozen, measured on a grown labeled set) with the block tuned for an
-        earlier one, its temperature scaled as the earlier matching scaled it: refitting then
-        skips the tuning (a Label Studio annotation, last_stage.py) and its frozen predictions."""
-        if not calibration.checked or earlier.tuned_block is None:
-            return calibration
-        return replace(
-            calibration,
-            temperature=calibration.temperature * earlier.tuned_ratio,
-            tuned_block=earlier.tuned_block,
-            tuned_on=earlier.tuned_on,
-            tuned_ratio=earlier.tuned_ratio,
-        )
-
     def _fit_members(
         self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None, names: list[str] | None = None
     ) -> None:
@@ -349,12 +348,11 @@ class SourceEnsemble:
         """Nothing of its own to replace."""
 
 
-def _plain_local_scale(member: TaskCentred) -> TaskCentred:
-    """A propagation member with its kernel at the plain local scale (other methods as they are)."""
+def _use_plain_local_scale(member: TaskCentred) -> None:
+    """Set a propagation member's kernel to the plain local scale (other methods have none)."""
     if isinstance(member.method, LabelPropagation):
         with torch.no_grad():
             member.method.log_scale.zero_()
-    return member
 
 
 def _overlap(a: slice, b: slice) -> bool:
@@ -386,7 +384,8 @@ def combined_model(mobilenet: Model, conv4: Model) -> Model:
     tuning = LastStageTuning(
         mobilenet.backbone.features[18], backbone.head, where["final"], where["mobilenetv2"]
     )
-    members.update({name: _plain_local_scale(members[name]) for name in PLAIN_LOCAL_SCALE})
+    for name in PLAIN_LOCAL_SCALE:
+        _use_plain_local_scale(members[name])
     method = SourceEnsemble({name: Sliced(m, slices[name]) for name, m in members.items()}, tuning=tuning)
     fingerprint = hashlib.sha256(f"joint-v2:{mobilenet.fingerprint}:{conv4.fingerprint}".encode()).hexdigest()[
         :16

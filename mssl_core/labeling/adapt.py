@@ -137,7 +137,7 @@ def fit_task(
         if not calibrate_on.stop:
             calibration = None
             if kept := _kept_tuning(earlier, classes, len(support)):
-                calibration = method.carried_tuning(method.calibrate(labeled, labels, task_unlabeled), kept)
+                calibration = method.calibrate(labeled, labels, task_unlabeled).with_tuning_of(kept)
             method.fit(support, support_labels, task_unlabeled, calibration)
         else:  # in review: the labeled rows' calibration and tuned last stage, remembered
             key = _calibration_key(model, ssl, labeled, labels)
