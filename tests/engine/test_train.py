@@ -43,3 +43,46 @@ def test_meta_training_learns_and_writes_a_loadable_checkpoint_with_its_card(tmp
     assert again.card["temperatures"]["table"] == table
     reloaded = load_model("conv4-masked-softkmeans", tmp_path)
     assert all(torch.equal(v, weights[k]) for k, v in reloaded.backbone.trainable_state().items())
+
+
+def _clustered_features(n_classes: int, n_per_class: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_classes, 1, 1280, generator=generator)
+    return (centres + 0.3 * torch.randn(n_classes, n_per_class, 1280, generator=generator)).flatten(0, 1)
+
+
+def test_photo_task_share_draws_episodes_from_the_photo_pool_alone(tmp_path, monkeypatch):
+    """With every episode from the photos, the character pool is never read in training: it is
+    poisoned with NaN here and the head still comes out finite; at share 0 the photos are never
+    embedded."""
+
+    def characters(backbone, split, n_classes, n_per_class):
+        pool = _clustered_features(n_classes, n_per_class, seed=1)
+        return torch.full_like(pool, float("nan")) if split == "train" else pool
+
+    monkeypatch.setattr(train, "frozen_feature_pool", characters)
+    monkeypatch.setattr(train, "photo_feature_pool", lambda backbone: (_clustered_features(20, 16, 2), 20, 16))
+    monkeypatch.setattr(train.photo_tasks, "photo_paths", lambda: ["a.png", "b.png"])
+    cfg = train.TrainConfig(
+        "mobilenetv2",
+        "protonet",
+        episodes=12,
+        ways=5,
+        unlabeled=2,
+        distractors=1,
+        calibration_episodes=2,
+        train_classes_for_head=150,
+        photo_task_share=1.0,
+    )
+    model = train.meta_train(cfg, log=lambda _: None)
+    assert torch.isfinite(model.backbone.head.correction.weight).all()
+    assert "100% of episodes from augmented regions of unlabeled photos" in model.card["data"]
+    assert model.card["training"]["photo_task_share"] == 1.0
+
+    def never(backbone):
+        raise AssertionError("photos embedded at share 0")
+
+    monkeypatch.setattr(train, "photo_feature_pool", never)
+    monkeypatch.setattr(train, "frozen_feature_pool", lambda b, s, n, k: _clustered_features(n, k, seed=3))
+    cfg.photo_task_share = 0.0
+    assert "photos" not in train.meta_train(cfg, log=lambda _: None).card["data"]
