@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 
 import streamlit as st
@@ -12,7 +13,7 @@ from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import FEATURE_SOURCES, choose_backbone
 from mssl_core.project.ingest import demo_accuracy
 from mssl_core.project.pseudo_label import project_task, pseudo_label_project
-from views.access import require_unlocked
+from views.access import md, require_unlocked
 from views.common import embedding_cache, load_model_for, project_ssl, require_project, saved_or_reported
 
 require_unlocked()
@@ -80,9 +81,15 @@ ssl = replace(
     consistency_weight=(saved_ssl.consistency_weight or 0.1) if consistency else 0.0,
 )
 
-if not project_task(project).ready:
+task = project_task(project)
+if not task.ready:
     st.warning("Add labeled examples of at least two classes and some unlabeled images first.")
     st.stop()
+per_class = Counter(label for _, label in task.support)
+st.caption(
+    f"Project **{md(project.name)}**: {len(task.support)} labeled images in {len(task.classes)} classes "
+    f"({', '.join(f'{md(c)} {per_class[c]}' for c in task.classes)}), {len(task.unlabeled)} images to label."
+)
 
 if st.button("Pseudo-label", type="primary"):
     started = time.perf_counter()
