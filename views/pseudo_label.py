@@ -114,7 +114,7 @@ if st.button("Pseudo-label", type="primary"):
     counts = {c: result.prediction.labels.count(c) for c in result.prediction.classes}
     extras = "" if not ssl.active else f" (+ {ssl.describe()})"
     st.success(f"Pseudo-labeled {len(result.images)} images in {seconds:.1f} s with {method}{extras}.")
-    measured = demo_accuracy([i.name for i in result.images], result.prediction.labels)
+    measured = demo_accuracy([i.sha256 for i in result.images], result.prediction.labels)
     if measured:
         st.write(
             f"Demo images come with their true labels: **{measured[1]:.0%}** of these "

@@ -6,6 +6,7 @@ says so, and the rest of the batch re-adapts to it at once."""
 
 import streamlit as st
 
+from mssl_core.project.ingest import demo_accuracy
 from mssl_core.project.review import expected_errors, review_order, threshold_summary
 from mssl_core.project.store import decision_action
 from views.access import md, require_unlocked
@@ -66,6 +67,16 @@ if pending and prediction.confidence_checked:
             )
         else:
             st.caption(f"Keep reviewing: the rest is at {rest_precision:.1%}, below the {target:.1%} you need.")
+        measured = demo_accuracy(
+            [result.images[i].sha256 for i in pending], [prediction.labels[i] for i in pending]
+        )
+        if measured:
+            known, right = measured
+            st.caption(
+                f"Demo images come with their true labels: **{round(known * (1 - right))}** of these {known} "
+                "are actually wrong. The estimate above is what the app can say without them; it rests "
+                "on how well your labeled examples predict each other."
+            )
 
 with st.container(border=True):
     st.write("**Accept all above a threshold**")

@@ -3,6 +3,7 @@ duplicates (same content) are counted once, and every skipped file is reported w
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from contextlib import closing
@@ -156,17 +157,20 @@ def class_counts(project: LabelingProject) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+@functools.cache
 def demo_truth() -> dict[str, str]:
-    """True labels of the demo's unlabeled batch (for measuring, never for predicting)."""
+    """True labels of the demo's unlabeled batch (for measuring, never for predicting), keyed by
+    each file's SHA-256: a user's own image that merely shares a demo file's name is not scored."""
     lines = (DEMO_DIR / "unlabeled_truth.csv").read_text().splitlines()[1:]
-    return dict(line.split(",", 1) for line in lines)
+    rows = (line.split(",", 1) for line in lines)
+    return {content_sha256(DEMO_DIR / "unlabeled" / name): label for name, label in rows}
 
 
-def demo_accuracy(names: list[str], labels: list[str]) -> tuple[int, float] | None:
-    """(how many, fraction right) of the predictions whose image is a demo image with a known
-    true label; None if there are none (a real project)."""
+def demo_accuracy(hashes: list[str], labels: list[str]) -> tuple[int, float] | None:
+    """(how many, fraction right) of the predictions whose image (by SHA-256) is a demo image with
+    a known true label; None if there are none (a real project)."""
     truth = demo_truth()
-    known = [(truth[n], label) for n, label in zip(names, labels, strict=True) if n in truth]
+    known = [(truth[h], label) for h, label in zip(hashes, labels, strict=True) if h in truth]
     if not known:
         return None
     return len(known), sum(true == label for true, label in known) / len(known)

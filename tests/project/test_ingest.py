@@ -6,7 +6,7 @@ from PIL import Image
 
 from mssl_core.labeling.images import UploadedFile, expand_uploads, read_label_csv
 from mssl_core.project import store
-from mssl_core.project.ingest import class_counts, ingest
+from mssl_core.project.ingest import DEMO_DIR, class_counts, demo_accuracy, ingest
 
 
 def _png(value: int) -> bytes:
@@ -79,3 +79,17 @@ def test_ingest_reports_unreadable_unlabelled_and_duplicate_files(project):
     assert [i.name for i in project.images("unlabeled")] == ["nolabel.png"]
     missing = ingest(project, [UploadedFile("z.png", _png(7))], "labeled")
     assert missing.problems == [("z.png", "no class given (folder, CSV or typed name)")]
+
+
+def test_demo_accuracy_scores_demo_images_by_content_not_by_name(project):
+    truth_rows = (DEMO_DIR / "unlabeled_truth.csv").read_text().splitlines()[1:3]
+    (first, first_label), (second, second_label) = (row.split(",", 1) for row in truth_rows)
+    ingest(project, [UploadedFile(n, DEMO_DIR / "unlabeled" / n) for n in (first, second)], "unlabeled")
+    # a user's own image that happens to share a demo file's name
+    ingest(project, [UploadedFile(first, _png(3))], "unlabeled")
+    images = project.images("unlabeled")
+    assert [i.name for i in images] == [first, second, first]
+    wrong_for_second = "dress" if second_label != "dress" else "bag"
+    labels = [first_label, wrong_for_second, first_label]
+    assert demo_accuracy([i.sha256 for i in images], labels) == (2, 0.5)
+    assert demo_accuracy([images[2].sha256], [first_label]) is None  # a real project's image
