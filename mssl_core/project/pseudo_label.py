@@ -31,7 +31,11 @@ class ProjectPrediction:
     prediction: Prediction
     support_embeddings: np.ndarray
     decisions: dict[int, tuple[str, str | None]]
-    suspicious: list[tuple[StoredImage, str]]  # labeled images that may be mislabeled, and the likelier class
+    # labeled images that may be mislabeled, the likelier class and its held-out probability
+    suspicious: list[tuple[StoredImage, str, float]]
+    # share of the user's labeled images whose held-out prediction is their label: how much a
+    # flag above can be trusted (None: no held-out predictions, a class with one image)
+    held_out_accuracy: float | None = None
 
     def status(self, image: StoredImage) -> str:
         action = self.decisions.get(image.id, ("", None))[0]
@@ -119,15 +123,20 @@ def pseudo_label_project(
     ]
     if changed:  # a rerun that moved nothing writes nothing
         project.save_predictions(changed, model.name)
-    suspicious = []
+    suspicious, held_out_accuracy = [], None
     if prediction.held_out is not None:  # rows: the leading support images, the labeled ones first
         rows = min(len(prediction.held_out), labeled_rows)
+        held_out, given = prediction.held_out[:rows], labels[:rows].numpy()
+        held_out_accuracy = float((held_out.argmax(1) == given).mean())
         confirmed = project.confirmed_labels()
-        for row in suspicious_labels(labels[:rows].numpy(), prediction.held_out[:rows]):
+        for row in suspicious_labels(given, held_out):
             image = support[row][0]
             if image.id not in confirmed:
-                suspicious.append((image, classes[int(prediction.held_out[row].argmax())]))
-    return ProjectPrediction(unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious)
+                likelier = int(held_out[row].argmax())
+                suspicious.append((image, classes[likelier], float(held_out[row, likelier])))
+    return ProjectPrediction(
+        unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious, held_out_accuracy
+    )
 
 
 UNDECIDED = -1  # in `adapt_batch`'s `decided_labels`: no person has decided this image

@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from mssl_core.engine.data.paths import ASSETS_DIR, REPO_ROOT
 from mssl_core.project import store
+from views import common
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -239,9 +240,10 @@ def test_review_shows_every_class_button_with_its_full_name(tmp_path, monkeypatc
         assert any(label.replace("\\", "") == expected for label in labels), expected
 
 
-def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(app):
+def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(app, monkeypatch):
     """A bag filed under 'trouser' among the demo's labeled examples: after pseudo-labeling,
-    Review names it with the likelier class; one click relabels it, saved and not flagged again."""
+    Review names it with the likelier class and how sure the held-out prediction is, and says
+    when the check is weak evidence; one click relabels it, saved and not flagged again."""
     app.switch_page("views/upload.py").run()
     _button(app, "Load demo data").click().run()
     project = store.open_project("demo", create=False)
@@ -255,6 +257,13 @@ def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(
     assert not app.exception
     said = next(m.value for m in app.markdown if "labeled **trouser**" in m.value)
     assert slip.name.split(".")[0] in said.replace("\\", "") and "looks like **bag**" in said
+    assert re.search(r"\(\d+% when predicted from the others\)", said)
+    for weak_below, shown in ((0.0, False), (1.01, True)):  # the check trusted, then not
+        monkeypatch.setattr(common, "WEAK_CHECK_BELOW", weak_below)
+        app.run()
+        assert any("Weak evidence" in c.value for c in app.caption) == shown
+    weak = next(c.value for c in app.caption if "Weak evidence" in c.value)
+    assert re.search(r"only \d+% of your labeled examples", weak)
     _button(app, "Relabel as bag").click().run()
     assert not app.exception
     assert store.open_project("demo", create=False).image(slip.id).label == "bag"
