@@ -69,15 +69,15 @@ def frozen_feature_pool(backbone: MobileNetV2Backbone, split: str, n_classes: in
         return torch.load(path, weights_only=True)
     corpus = characters.load_characters(split, 20 if split == "train" else 40)
     images = corpus.images[:n_classes, :n_per_class]
-    flat = images.reshape(-1, *images.shape[2:])
-    features = torch.cat(
-        [
-            backbone.frozen_features(backbone.preprocess_arrays(chunk))
-            for chunk in np.array_split(flat, max(1, len(flat) // 64))
-        ]
-    )
+    features = _frozen_features(backbone, images.reshape(-1, *images.shape[2:]))
     torch.save(features, path)
     return features
+
+
+def _frozen_features(backbone: MobileNetV2Backbone, images: np.ndarray) -> Tensor:
+    """The frozen ImageNet features of uint8 images, 64 at a time."""
+    chunks = np.array_split(images, max(1, len(images) // 64))
+    return torch.cat([backbone.frozen_features(backbone.preprocess_arrays(chunk)) for chunk in chunks])
 
 
 def photo_feature_pool(backbone: MobileNetV2Backbone) -> tuple[Tensor, int, int]:
@@ -85,13 +85,7 @@ def photo_feature_pool(backbone: MobileNetV2Backbone) -> tuple[Tensor, int, int]
     path = cache_dir() / f"mobilenetv2-{backbone.image_size}-photo-tasks-v{photo_tasks.VERSION}.pt"
     if not path.exists():
         views = photo_tasks.photo_task_pool()
-        flat = views.reshape(-1, *views.shape[2:])
-        features = torch.cat(
-            [
-                backbone.frozen_features(backbone.preprocess_arrays(chunk))
-                for chunk in np.array_split(flat, max(1, len(flat) // 64))
-            ]
-        )
+        features = _frozen_features(backbone, views.reshape(-1, *views.shape[2:]))
         torch.save(features.reshape(*views.shape[:2], -1), path)
     features = torch.load(path, weights_only=True)
     return features.flatten(0, 1), features.shape[0], features.shape[1]
@@ -135,6 +129,8 @@ def _samplers(n_classes: int, n_per_class: int, cfg: TrainConfig, seed: int) -> 
 
 def meta_train(cfg: TrainConfig, log=logger.info) -> Model:
     """Meta-train one backbone + method, fit its temperature on validation classes, return it."""
+    if cfg.photo_task_share > 0 and cfg.backbone != MobileNetV2Backbone.name:
+        raise ValueError(f"photo tasks train the MobileNetV2 head; {cfg.backbone!r} has none")
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     backbone = make_backbone(cfg.backbone)

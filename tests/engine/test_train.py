@@ -86,3 +86,9 @@ def test_photo_task_share_draws_episodes_from_the_photo_pool_alone(tmp_path, mon
     monkeypatch.setattr(train, "frozen_feature_pool", lambda b, s, n, k: _clustered_features(n, k, seed=3))
     cfg.photo_task_share = 0.0
     assert "photos" not in train.meta_train(cfg, log=lambda _: None).card["data"]
+
+
+def test_photo_tasks_ask_for_the_mobilenetv2_head():
+    cfg = train.TrainConfig("conv4", "protonet", episodes=1, photo_task_share=0.5)
+    with pytest.raises(ValueError, match="MobileNetV2 head"):
+        train.meta_train(cfg, log=lambda _: None)
