@@ -19,6 +19,7 @@ import streamlit as st
 from mssl_core.engine.checkpoints import Model
 from mssl_core.engine.model_cards import default_method
 from mssl_core.engine.ssl import DEFAULT_SSL, SSLOptions, options_from_dict
+from mssl_core.labeling import label_issues
 from mssl_core.labeling.adapt import FEATURE_SOURCES, model_for
 from mssl_core.labeling.embedding_cache import CacheError, EmbeddingCache
 from mssl_core.labeling.images import ImageError, thumbnail_data_uri
@@ -218,12 +219,6 @@ def _adapt_in_background(project: LabelingProject, key: tuple[str, str]) -> None
     threading.Thread(target=run, name=f"re-adapt {name}", daemon=True).start()
 
 
-# Below this share of labeled examples predicted right from the others, a flag is weak evidence:
-# on development tasks whose held-out predictions were 61-63% right, every clean task was
-# flagged (docs/review.md, "Suspicious labeled examples").
-WEAK_CHECK_BELOW = 0.85
-
-
 def labels_to_check(project: LabelingProject, result: ProjectPrediction, session: str) -> None:
     """Labeled examples whose held-out prediction disagrees with their label
     (`label_issues.py`), each with a one-click fix: relabel as the likelier class, or keep."""
@@ -237,7 +232,7 @@ def labels_to_check(project: LabelingProject, result: ProjectPrediction, session
             "labeled images, these look like another class: one wrong example moves a whole class."
         )
         accuracy = result.held_out_accuracy
-        if accuracy is not None and accuracy < WEAK_CHECK_BELOW:
+        if accuracy is not None and accuracy < label_issues.WEAK_CHECK_BELOW:
             st.caption(
                 f"Weak evidence here: predicted from the others, only {accuracy:.0%} of your labeled "
                 "examples come out as their own class, so most of these may be right and just hard to "

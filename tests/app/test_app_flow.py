@@ -7,8 +7,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from mssl_core.engine.data.paths import ASSETS_DIR, REPO_ROOT
+from mssl_core.labeling import label_issues
 from mssl_core.project import store
-from views import common
 
 APP = str(REPO_ROOT / "app.py")
 
@@ -259,7 +259,7 @@ def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(
     assert slip.name.split(".")[0] in said.replace("\\", "") and "looks like **bag**" in said
     assert re.search(r"\(\d+% when predicted from the others\)", said)
     for weak_below, shown in ((0.0, False), (1.01, True)):  # the check trusted, then not
-        monkeypatch.setattr(common, "WEAK_CHECK_BELOW", weak_below)
+        monkeypatch.setattr(label_issues, "WEAK_CHECK_BELOW", weak_below)
         app.run()
         assert any("Weak evidence" in c.value for c in app.caption) == shown
     weak = next(c.value for c in app.caption if "Weak evidence" in c.value)
