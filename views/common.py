@@ -226,24 +226,26 @@ def labels_to_check(project: LabelingProject, result: ProjectPrediction, session
     if not result.suspicious:
         return
     with st.container(border=True):
-        count = len(result.suspicious)
+        count, likely = len(result.suspicious), sum(check.likely for check in result.suspicious)
         st.write(
             f"**{count} labeled example{'s' if count != 1 else ''} to check.** Predicted from your other "
             "labeled images, these look like another class: one wrong example moves a whole class."
         )
         accuracy = result.held_out_accuracy
-        if accuracy is not None and accuracy < label_issues.WEAK_CHECK_BELOW:
+        if accuracy is not None and accuracy < label_issues.WEAK_CHECK_BELOW and likely < count:
+            which = "those not marked likely mislabeled" if likely else "most of these"
             st.caption(
                 f"Weak evidence here: predicted from the others, only {accuracy:.0%} of your labeled "
-                "examples come out as their own class, so most of these may be right and just hard to "
-                "tell apart. Keep the ones you are sure of."
+                f"examples come out as their own class, so {which} may be right and just hard to tell "
+                "apart. Keep the ones you are sure of."
             )
-        for image, likelier, probability in result.suspicious:
+        for image, likelier, probability, is_likely in result.suspicious:
             picture, words = st.columns([1, 5])
             show_images([(image.path, "")], 72, picture)
             with words:
                 st.write(
-                    f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(likelier)}** "
+                    ("**Likely mislabeled.** " if is_likely else "")
+                    + f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(likelier)}** "
                     f"({probability:.0%} when predicted from the others)"
                 )
                 with st.container(horizontal=True):

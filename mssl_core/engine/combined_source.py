@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from mssl_core.engine.backbones import Backbone, Conv4, MobileNetV2Backbone, MobileNetV3Small, PixelBackbone
 from mssl_core.engine.calibration import (
+    HeldOut,
     calibrated_logits,
-    fit_temperature,
     held_out_predictions,
     held_out_rows,
 )
@@ -164,7 +164,7 @@ class Calibration:
     factors: dict[str, float]  # per member: times its validation temperature
     temperature: float  # the ensemble's own, on the members' averaged log-probabilities
     checked: bool  # measured on the user's labeled images (every class has two), not assumed
-    held_out: Tensor | None = None  # each labeled image's probabilities, predicted from the others
+    held_out: HeldOut | None = None  # the labeled images predicted from the others
     # MobileNetV2's last block tuned to the task (last_stage.py), with `temperature` matched to
     # the frozen ensemble's confidence; None: the frozen features
     tuned_block: nn.Module | None = None
@@ -231,17 +231,13 @@ class SourceEnsemble:
         if not (torch.bincount(support_labels) >= 2).all():
             factors = {n: f for n, f in self.one_shot_factors.items() if n in self.members}
             return Calibration(factors, self.one_shot_factors["combined"], False)
-        held_out, held_labels, factors = [], support_labels, {}
+        logits = {}
         with torch.no_grad():
             for name, member in self.members.items():
-                logits, held_labels = held_out_predictions(member, support, support_labels, unlabeled)
-                factors[name] = fit_temperature(logits, held_labels, prior_sd=ENSEMBLE_PRIOR_SD)
-                held_out.append(torch.log_softmax(logits / factors[name], dim=1))
-        combined = torch.stack(held_out).mean(0)
-        temperature = fit_temperature(combined, held_labels, prior_sd=ENSEMBLE_PRIOR_SD)
-        probabilities = torch.empty_like(combined)
-        probabilities[held_out_rows(support_labels)] = torch.softmax(combined / temperature, dim=1)
-        return Calibration(factors, temperature, True, probabilities)
+                logits[name], held_labels = held_out_predictions(member, support, support_labels, unlabeled)
+        held_out = HeldOut(logits, held_labels, held_out_rows(support_labels), ENSEMBLE_PRIOR_SD)
+        factors, temperature, _ = held_out.fit()
+        return Calibration(factors, temperature, True, held_out)
 
     def fit(
         self,

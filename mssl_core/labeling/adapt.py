@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mssl_core.engine.calibration import held_out_calibration
+from mssl_core.engine.calibration import HeldOut, held_out_calibration
 from mssl_core.engine.checkpoints import MODELS_DIR, Model, available_models, load_model
 from mssl_core.engine.combined_source import (
     SINGLE_SOURCE_ONE_SHOT_FACTORS,
@@ -43,9 +43,14 @@ class Prediction:
     probabilities: np.ndarray
     embeddings: np.ndarray
     confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
-    # probabilities of the leading labeled images confidence was calibrated on, each predicted
-    # from the others: where a label and its images disagree
-    held_out: np.ndarray | None = None
+    # the leading labeled images confidence was calibrated on, each predicted from the others
+    labeled_held_out: HeldOut | None = None
+
+    @property
+    def held_out(self) -> np.ndarray | None:
+        """Each of those labeled images' probabilities, calibrated without it: where a label and
+        its image disagree (`HeldOut.cross_fitted`)."""
+        return None if self.labeled_held_out is None else self.labeled_held_out.cross_fitted.numpy()
 
     @property
     def labels(self) -> list[str]:
@@ -81,7 +86,7 @@ class AdaptedTask:
     method: object
     temperature: float | None  # None: the method's own (baselines without a temperature table)
     confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
-    held_out: Tensor | None = None  # see Prediction.held_out
+    held_out: HeldOut | None = None  # see Prediction.labeled_held_out
 
     def probabilities(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -90,9 +95,8 @@ class AdaptedTask:
             return torch.softmax(self.method.logits(x) / self.temperature, dim=1)
 
     def predict(self, x: Tensor) -> Prediction:
-        held_out = None if self.held_out is None else self.held_out.numpy()
         return Prediction(
-            self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked, held_out
+            self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked, self.held_out
         )
 
 

@@ -4,7 +4,8 @@ An expert's few labeled images can hold a slip (a file dropped in the wrong clas
 in few-shot learning one wrong example moves a whole class. Each labeled image is predicted by
 the model adapted to the others (held out, as for calibration); cleanlab's confident learning
 (Northcutt et al. 2021) flags those whose held-out prediction disagrees with their label more
-than the task's own error rates explain.
+than the task's own error rates explain. On hard images that flags clean labels too, so the
+flags a slip explains better than the image does are marked as likely (`likely_slips`).
 """
 
 from __future__ import annotations
@@ -19,23 +20,43 @@ FILTER_BY = "prune_by_noise_rate"
 # development tasks whose held-out predictions were 61-63% right, every clean task was flagged
 # (docs/review.md, "Suspicious labeled examples").
 WEAK_CHECK_BELOW = 0.85
+# Prior share of labeled images filed under a wrong class, for `likely_slips`. Chosen among
+# 0.01-0.2 on planted mistakes in development tasks: fewest clean tasks with a likely flag for
+# the most flips caught (docs/review.md, "Suspicious labeled examples").
+SLIP_RATE = 0.02
 
 
 def suspicious_labels(labels: np.ndarray, held_out: np.ndarray) -> list[int]:
-    """Rows whose label looks wrong, most suspicious first. `held_out`: each row's class
-    probabilities predicted without it (out of sample), columns in class order."""
+    """Rows whose label looks wrong (cleanlab's and `likely_slips`), most suspicious first.
+    `held_out`: each row's class probabilities predicted without it (out of sample), columns
+    in class order."""
     from cleanlab.filter import find_label_issues  # imported here: it takes a second to load
 
-    labels = np.asarray(labels)
+    labels, held_out = np.asarray(labels), np.asarray(held_out, dtype=float)
     if len(labels) == 0 or len(np.unique(labels)) < 2:
         return []
     with warnings.catch_warnings():  # its notes on tiny classes are for data scientists
         warnings.simplefilter("ignore")
-        ranked = find_label_issues(
+        flagged = find_label_issues(
             labels,
-            np.asarray(held_out, dtype=float),
+            held_out,
             filter_by=FILTER_BY,
-            return_indices_ranked_by="self_confidence",
             n_jobs=1,  # its default forks worker processes: never inside the app's server
         )
-    return [int(row) for row in ranked]
+    rows = set(np.flatnonzero(flagged).tolist()) | likely_slips(labels, held_out)
+    own_class = held_out[np.arange(len(labels)), labels]
+    return sorted(rows, key=lambda row: own_class[row])
+
+
+def likely_slips(labels: np.ndarray, held_out: np.ndarray) -> set[int]:
+    """Rows whose label is more likely a slip than right, among those predicted as another
+    class when held out. With a slip rate s spread over the other K - 1 classes and p the
+    held-out probability of the given class, the label is wrong with odds s (1 - p) / (K - 1)
+    against (1 - s) p."""
+    labels, held_out = np.asarray(labels), np.asarray(held_out, dtype=float)
+    if len(labels) == 0:
+        return set()
+    own_class = held_out[np.arange(len(labels)), labels]
+    slip = SLIP_RATE * (1 - own_class) / max(held_out.shape[1] - 1, 1)
+    likely = (slip > (1 - SLIP_RATE) * own_class) & (held_out.argmax(1) != labels)
+    return {int(row) for row in np.flatnonzero(likely)}

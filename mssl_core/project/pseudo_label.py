@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,9 +19,18 @@ from mssl_core.engine.ssl import SSLOptions
 from mssl_core.labeling.adapt import Prediction, adapt
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
-from mssl_core.labeling.label_issues import suspicious_labels
+from mssl_core.labeling.label_issues import likely_slips, suspicious_labels
 from mssl_core.project.export import ExportRow
 from mssl_core.project.store import LabelingProject, StoredImage
+
+
+class LabelToCheck(NamedTuple):
+    """A labeled image whose label looks wrong (label_issues.py)."""
+
+    image: StoredImage
+    likelier: str  # the other class its held-out prediction favours most
+    probability: float  # of that class, held out
+    likely: bool  # a slip explains it better than the image does (`likely_slips`)
 
 
 @dataclass
@@ -31,8 +41,8 @@ class ProjectPrediction:
     prediction: Prediction
     support_embeddings: np.ndarray
     decisions: dict[int, tuple[str, str | None]]
-    # labeled images that may be mislabeled, the likelier class and its held-out probability
-    suspicious: list[tuple[StoredImage, str, float]]
+    # labeled images that may be mislabeled, most suspicious first
+    suspicious: list[LabelToCheck]
     # share of the user's labeled images whose held-out prediction is their label: how much a
     # flag above can be trusted (None: no held-out predictions, a class with one image)
     held_out_accuracy: float | None = None
@@ -128,12 +138,16 @@ def pseudo_label_project(
         rows = min(len(prediction.held_out), labeled_rows)
         held_out, given = prediction.held_out[:rows], labels[:rows].numpy()
         held_out_accuracy = float((held_out.argmax(1) == given).mean())
-        confirmed = project.confirmed_labels()
+        confirmed, likely = project.confirmed_labels(), likely_slips(given, held_out)
         for row in suspicious_labels(given, held_out):
             image = support[row][0]
             if image.id not in confirmed:
-                likelier = int(held_out[row].argmax())
-                suspicious.append((image, classes[likelier], float(held_out[row, likelier])))
+                others = held_out[row].copy()
+                others[given[row]] = -1  # the class it looks like: never its own
+                likelier = int(others.argmax())
+                suspicious.append(
+                    LabelToCheck(image, classes[likelier], float(held_out[row, likelier]), row in likely)
+                )
     return ProjectPrediction(
         unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious, held_out_accuracy
     )

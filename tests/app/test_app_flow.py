@@ -240,10 +240,9 @@ def test_review_shows_every_class_button_with_its_full_name(tmp_path, monkeypatc
         assert any(label.replace("\\", "") == expected for label in labels), expected
 
 
-def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(app, monkeypatch):
-    """A bag filed under 'trouser' among the demo's labeled examples: after pseudo-labeling,
-    Review names it with the likelier class and how sure the held-out prediction is, and says
-    when the check is weak evidence; one click relabels it, saved and not flagged again."""
+def _review_the_demo_with_a_slip(app):
+    """The demo with a bag filed under 'trouser' among its labeled examples, pseudo-labeled
+    (Conv-4, fast) and shown on the Review page: the project and the mislabeled image."""
     app.switch_page("views/upload.py").run()
     _button(app, "Load demo data").click().run()
     project = store.open_project("demo", create=False)
@@ -255,9 +254,18 @@ def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(
     _button(app, "Pseudo-label").click().run()
     app.switch_page("views/review.py").run()
     assert not app.exception
+    return project, slip
+
+
+def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(app, monkeypatch):
+    """Review names the mislabeled image with the likelier class and how sure the held-out
+    prediction is, and says when the check is weak evidence; one click relabels it, saved and
+    not flagged again."""
+    project, slip = _review_the_demo_with_a_slip(app)
     said = next(m.value for m in app.markdown if "labeled **trouser**" in m.value)
     assert slip.name.split(".")[0] in said.replace("\\", "") and "looks like **bag**" in said
     assert re.search(r"\(\d+% when predicted from the others\)", said)
+    assert not said.startswith("**Likely mislabeled.**")  # held out, not much surer than the other flags
     for weak_below, shown in ((0.0, False), (1.01, True)):  # the check trusted, then not
         monkeypatch.setattr(label_issues, "WEAK_CHECK_BELOW", weak_below)
         app.run()
@@ -266,8 +274,19 @@ def test_a_labeled_example_in_the_wrong_class_is_flagged_and_fixed_in_one_click(
     assert re.search(r"only \d+% of your labeled examples", weak)
     _button(app, "Relabel as bag").click().run()
     assert not app.exception
-    assert store.open_project("demo", create=False).image(slip.id).label == "bag"
+    assert project.image(slip.id).label == "bag"
     assert not any(b.label.startswith("Relabel as") and b.key == f"relabel-{slip.id}" for b in app.button)
+
+
+def test_a_likely_slip_is_marked_and_not_called_weak_evidence(app, monkeypatch):
+    """A flag that a slip explains better than its image is marked likely mislabeled, and the
+    weak-evidence note, which speaks of the other flags, is not shown for it."""
+    monkeypatch.setattr(label_issues, "SLIP_RATE", 0.9)  # a prior under which every flag is a likely slip
+    monkeypatch.setattr(label_issues, "WEAK_CHECK_BELOW", 1.01)
+    _review_the_demo_with_a_slip(app)
+    said = next(m.value for m in app.markdown if "labeled **trouser**" in m.value)
+    assert said.startswith("**Likely mislabeled.**") and "looks like **bag**" in said
+    assert not any("Weak evidence" in c.value for c in app.caption)
 
 
 def test_try_the_demo_is_one_click_from_the_landing_page(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from torch import Tensor
 
 from mssl_core.engine.calibration import (
     DOMAIN_PRIOR_SD,
+    HeldOut,
     expected_calibration_error,
     fit_temperature,
     held_out_domain_factor,
@@ -94,3 +95,27 @@ def test_fit_temperature_stays_finite_on_perfectly_separable_logits():
     labels = torch.tensor([0, 1] * 10)
     temperature = fit_temperature(logits, labels)
     assert np.isfinite(temperature) and temperature > 0
+
+
+def test_a_wrong_label_is_judged_by_a_calibration_fitted_without_it():
+    """24 confident, right held-out predictions and one confidently against its label: fitted
+    with that row, the temperature softens and the row's given class looks plausible; fitted
+    without it (cross-fitted), it does not. The others barely move."""
+    labels = torch.arange(5).repeat(5)
+    logits = torch.nn.functional.one_hot(labels, 5).float() * 6
+    logits[0] = torch.tensor([0.0, 6.0, 0.0, 0.0, 0.0])  # labeled 0, looks like 1
+    rows = torch.arange(25).flip(0)  # row r is labeled image 24 - r
+    held_out = HeldOut({"a": logits, "b": logits * 0.8}, labels, rows, 0.5)
+    _, _, with_itself = held_out.fit()
+    cross_fitted = held_out.cross_fitted
+    assert cross_fitted[24, 0] < with_itself[0, 0] / 5
+    assert torch.allclose(cross_fitted[rows[1:]], with_itself[1:], atol=0.02)
+    assert torch.allclose(cross_fitted.sum(1), torch.ones(25))
+
+
+def test_one_source_is_calibrated_by_its_factor_alone():
+    generator = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(40, 4, generator=generator) * 3, torch.arange(4).repeat(10)
+    factors, temperature, probabilities = HeldOut({"": logits}, labels, torch.arange(40), 1.0).fit()
+    assert temperature == 1.0 and factors[""] == fit_temperature(logits, labels, prior_sd=1.0)
+    assert torch.allclose(probabilities, torch.softmax(logits / factors[""], dim=1))
