@@ -43,7 +43,11 @@ def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(
         ["blobs-development"], episodes=3, shots=(1, 2), log=lambda _: None, ways=(2, 5)
     )
     results = [r for r in rows if "row" in r]
-    assert {r["row"] for r in results} >= {crossdomain.DEFAULT_ROW, *crossdomain.BASELINES}
+    assert {r["row"] for r in results} >= {
+        crossdomain.DEFAULT_ROW,
+        crossdomain.LABELED_ONLY_ROW,
+        *crossdomain.BASELINES,
+    }
     # five ways asked, three classes in the domain: 3-way
     assert {(r["ways"], r["shots"], r["episodes"]) for r in results} == {
         (2, 1, 3),
@@ -56,6 +60,7 @@ def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(
         default = by_row[crossdomain.DEFAULT_ROW, ways, shots]
         assert 0 <= default["ece"] <= 1
         assert default["accuracy"] == by_row["combined features", ways, shots]["accuracy"]
+        assert 0 <= by_row[crossdomain.LABELED_ONLY_ROW, ways, shots]["ece"] <= 1
     table = crossdomain.format_table(rows)
     assert "blobs-development" in table and "best baseline" in table
 
