@@ -58,3 +58,29 @@ def test_the_network_guard_refuses_and_records_an_outbound_connection(tmp_path, 
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         client.connect(listener.getsockname())
+
+
+def test_the_model_page_says_what_the_unlabeled_batch_adds(monkeypatch):
+    """From the published cross-domain rows: the gain of the batch at one shot, only where the
+    labeled images alone leave room; nothing where the rows have no labeled-only figure."""
+    from mssl_core.benchmarks import crossdomain
+
+    def setting(domain: str, shots: int, default: float, labeled_only: float | None) -> list[dict]:
+        common = {"domain": domain, "role": "test", "kind": "scans", "ways": 2, "shots": shots}
+        common |= {"setting": f"2-way {shots}-shot", "episodes": 200, "ci95": 0.01}
+        rows = [{**common, "row": name, "accuracy": 0.5} for name in crossdomain.BASELINES]
+        rows.append({**common, "row": crossdomain.DEFAULT_ROW, "accuracy": default, "ece": 0.02})
+        rows[-1]["accepted_share"] = 0.5
+        if labeled_only is not None:
+            rows.append({**common, "row": crossdomain.LABELED_ONLY_ROW, "accuracy": labeled_only, "ece": 0.3})
+        return rows
+
+    rows = setting("a", 1, 0.80, 0.72) + setting("b", 1, 1.0, 0.995) + setting("c", 1, 0.9, 0.85)
+    rows += setting("a", 5, 0.95, None)
+    monkeypatch.setattr(crossdomain, "load_results", lambda: rows)
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    app.switch_page("views/model.py").run()
+    assert not app.exception
+    said = [m.value for m in app.markdown if "What the unlabeled batch adds" in m.value]
+    assert len(said) == 1 and "labels 5 to 8 more images in every hundred" in said[0]
