@@ -225,7 +225,7 @@ class HeldOut:
         tasks, 0.000-0.003 cross-fitted (docs/review.md). Computed when first asked: only the
         check of the labels needs it."""
         groups = torch.arange(len(self.labels)) % min(len(self.labels), CROSS_FIT_GROUPS)
-        held = torch.empty(len(self.labels), self.logits[next(iter(self.logits))].shape[1])
+        held = torch.empty(len(self.labels), next(iter(self.logits.values())).shape[1])
         for group in range(int(groups.max()) + 1):
             left_out = groups == group
             held[left_out] = self.fit(~left_out)[2][left_out].float()
