@@ -133,6 +133,13 @@ def _label(args: argparse.Namespace) -> int:
         write_predictions_csv(result, Path(args.out))
         model_name, reason, images = result.model_name, result.backbone_reason, len(result.rows)
         failed = sum(1 for row in result.rows if row.error)
+        if result.labels_to_check:
+            _stderr("labeled images that look like another class when predicted from the others:")
+        for path, label, likelier, probability, likely in result.labels_to_check:
+            _stderr(
+                f"  {path}: labeled {label}, looks like {likelier} ({probability:.0%})"
+                + (": likely mislabeled" if likely else "")
+            )
     _stderr(
         f"labeled {images - failed} images with {model_name}"
         f" ({reason}); {failed} could not be read; wrote {args.out}"

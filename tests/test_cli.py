@@ -1,6 +1,8 @@
 import csv
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from mssl_core.engine.backbones import make_backbone
 from mssl_core.engine.checkpoints import MODELS_DIR, Model, load_model, save_model
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.train import SHIPPED_METHODS
+from tests.conftest import draw_shape
 
 
 def _read(path: Path) -> list[dict]:
@@ -145,3 +148,30 @@ def test_large_batches_adapt_to_a_fixed_sample_and_label_every_image(shape_folde
     result = label_folders(support, unlabeled, folder=tiny_models, log=lambda _: None)
     assert fitted == [6]
     assert sum(1 for row in result.rows if row.label) == len(truth)
+
+
+def test_label_cli_names_a_labeled_image_filed_under_the_wrong_class(shape_folders, tmp_path, capsys):
+    """A cross dropped into the circle folder: `label` names that file (relative to the labeled
+    folder), the class it looks like, and calls it a likely slip."""
+    support, unlabeled, _ = shape_folders
+    arguments = [
+        "label",
+        "--support",
+        str(support),
+        "--unlabeled",
+        str(unlabeled),
+        "--no-cache",
+        "--out",
+        str(tmp_path / "p.csv"),
+        "--backbone",
+        "conv4",
+        "--models",
+        str(MODELS_DIR),
+    ]
+    (support / "cross" / "0.png").rename(support / "circle" / "slip.png")
+    draw_shape("cross", np.random.default_rng(1)).save(support / "cross" / "3.png")  # still 3 crosses
+    main(arguments)
+    said = capsys.readouterr().err
+    assert re.search(
+        r"\n  circle[/\\]slip\.png: labeled circle, looks like cross \(\d+%\): likely mislabeled", said
+    )

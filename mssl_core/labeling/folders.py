@@ -24,6 +24,7 @@ from mssl_core.labeling.adapt import adapt, choose_backbone, fit_sample, model_f
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.images import ImageError, class_folder_files, decode_image, list_files
+from mssl_core.labeling.label_issues import labels_to_check
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class LabelingResult:
     model_name: str
     backbone_reason: str
     seconds: dict[str, float] = field(default_factory=dict)  # model (load + support), decode, embed, adapt
+    # labeled files whose label looks wrong, predicted from the others (label_issues.py): file,
+    # its label, the class it looks like, that class's held-out probability, a likely slip
+    labels_to_check: list[tuple[str, str, str, float, bool]] = field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -105,6 +109,7 @@ class Support:
     embeddings: Tensor
     model: Model
     reason: str  # why this backbone
+    paths: list[str] = field(default_factory=list)  # the labeled files, in row order, where known
 
 
 def prepare_support(
@@ -122,7 +127,15 @@ def prepare_support(
         (im, f.label) for im, f, e in zip(support_images, support_files, support_errors, strict=True) if not e
     ]
     images, names = [im for im, _ in usable], [label for _, label in usable]
-    return embed_support(images, names, method, backbone, folder, f"{support_dir} (one sub-folder per class)")
+    support = embed_support(
+        images, names, method, backbone, folder, f"{support_dir} (one sub-folder per class)"
+    )
+    support.paths = [
+        str(f.path.relative_to(support_dir))
+        for f, e in zip(support_files, support_errors, strict=True)
+        if not e
+    ]
+    return support
 
 
 def embed_support(
@@ -193,7 +206,13 @@ def predict_embedded(
         for path, error in zip(paths, errors, strict=True)
     ]
     seconds = {"adapt": time.perf_counter() - started}
-    return LabelingResult(classes, rows, model.name, task_support.reason, seconds)
+    checks = []
+    if prediction.held_out is not None and task_support.paths:
+        checks = [
+            (task_support.paths[c.row], classes[labels[c.row]], classes[c.likelier], c.probability, c.likely)
+            for c in labels_to_check(labels.numpy(), prediction.held_out)
+        ]
+    return LabelingResult(classes, rows, model.name, task_support.reason, seconds, checks)
 
 
 def prediction_row(

@@ -11,6 +11,7 @@ flags a slip explains better than the image does are marked as likely (`likely_s
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,3 +61,24 @@ def likely_slips(labels: np.ndarray, held_out: np.ndarray) -> set[int]:
     slip = SLIP_RATE * (1 - own_class) / max(held_out.shape[1] - 1, 1)
     likely = (slip > (1 - SLIP_RATE) * own_class) & (held_out.argmax(1) != labels)
     return {int(row) for row in np.flatnonzero(likely)}
+
+
+class LabelCheck(NamedTuple):
+    """A labeled image whose label looks wrong."""
+
+    row: int
+    likelier: int  # the other class its held-out prediction favours most
+    probability: float  # of that class, held out
+    likely: bool  # a slip explains it better than the image does (`likely_slips`)
+
+
+def labels_to_check(labels: np.ndarray, held_out: np.ndarray) -> list[LabelCheck]:
+    """`suspicious_labels`, each with the class it looks like and whether it is a likely slip."""
+    labels, held_out = np.asarray(labels), np.asarray(held_out, dtype=float)
+    likely, checks = likely_slips(labels, held_out), []
+    for row in suspicious_labels(labels, held_out):
+        others = held_out[row].copy()
+        others[labels[row]] = -1  # the class it looks like: never its own
+        likelier = int(others.argmax())
+        checks.append(LabelCheck(row, likelier, float(held_out[row, likelier]), row in likely))
+    return checks

@@ -19,7 +19,7 @@ from mssl_core.engine.ssl import SSLOptions
 from mssl_core.labeling.adapt import Prediction, adapt
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
-from mssl_core.labeling.label_issues import likely_slips, suspicious_labels
+from mssl_core.labeling.label_issues import labels_to_check
 from mssl_core.project.export import ExportRow
 from mssl_core.project.store import LabelingProject, StoredImage
 
@@ -138,16 +138,11 @@ def pseudo_label_project(
         rows = min(len(prediction.held_out), labeled_rows)
         held_out, given = prediction.held_out[:rows], labels[:rows].numpy()
         held_out_accuracy = float((held_out.argmax(1) == given).mean())
-        confirmed, likely = project.confirmed_labels(), likely_slips(given, held_out)
-        for row in suspicious_labels(given, held_out):
-            image = support[row][0]
+        confirmed = project.confirmed_labels()
+        for check in labels_to_check(given, held_out):
+            image = support[check.row][0]
             if image.id not in confirmed:
-                others = held_out[row].copy()
-                others[given[row]] = -1  # the class it looks like: never its own
-                likelier = int(others.argmax())
-                suspicious.append(
-                    LabelToCheck(image, classes[likelier], float(held_out[row, likelier]), row in likely)
-                )
+                suspicious.append(LabelToCheck(image, classes[check.likelier], check.probability, check.likely))
     return ProjectPrediction(
         unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious, held_out_accuracy
     )
