@@ -135,10 +135,10 @@ def _label(args: argparse.Namespace) -> int:
         failed = sum(1 for row in result.rows if row.error)
         if result.labels_to_check:
             _stderr("labeled images that look like another class when predicted from the others:")
-        for path, label, likelier, probability, likely in result.labels_to_check:
+        for path, check in result.labels_to_check:
             _stderr(
-                f"  {path}: labeled {label}, looks like {likelier} ({probability:.0%})"
-                + (": likely mislabeled" if likely else "")
+                f"  {path}: labeled {check.label}, looks like {check.likelier} ({check.probability:.0%})"
+                + (": likely mislabeled" if check.likely else "")
             )
     _stderr(
         f"labeled {images - failed} images with {model_name}"

@@ -226,7 +226,7 @@ def labels_to_check(project: LabelingProject, result: ProjectPrediction, session
     if not result.suspicious:
         return
     with st.container(border=True):
-        count, likely = len(result.suspicious), sum(check.likely for check in result.suspicious)
+        count, likely = len(result.suspicious), sum(check.likely for _, check in result.suspicious)
         st.write(
             f"**{count} labeled example{'s' if count != 1 else ''} to check.** Predicted from your other "
             "labeled images, these look like another class: one wrong example moves a whole class."
@@ -239,23 +239,23 @@ def labels_to_check(project: LabelingProject, result: ProjectPrediction, session
                 f"examples come out as their own class, so {which} may be right and just hard to tell "
                 "apart. Keep the ones you are sure of."
             )
-        for image, likelier, probability, is_likely in result.suspicious:
+        for image, check in result.suspicious:
             picture, words = st.columns([1, 5])
             show_images([(image.path, "")], 72, picture)
             with words:
                 st.write(
-                    ("**Likely mislabeled.** " if is_likely else "")
-                    + f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(likelier)}** "
-                    f"({probability:.0%} when predicted from the others)"
+                    ("**Likely mislabeled.** " if check.likely else "")
+                    + f"{md(image.name)}: labeled **{md(image.label)}**, looks like **{md(check.likelier)}** "
+                    f"({check.probability:.0%} when predicted from the others)"
                 )
                 with st.container(horizontal=True):
                     for text, label, kind in (
-                        (f"Relabel as {md(likelier)}", likelier, "primary"),
+                        (f"Relabel as {md(check.likelier)}", check.likelier, "primary"),
                         (f"Keep {md(image.label)}", image.label, "secondary"),
                     ):
                         st.button(
                             text,
-                            key=f"{'relabel' if label == likelier else 'keep'}-{image.id}",
+                            key=f"{'relabel' if label == check.likelier else 'keep'}-{image.id}",
                             type=kind,
                             on_click=_relabel,
                             args=(project, image, label, session),

@@ -118,7 +118,8 @@ if cross_domain:
     )
     one_shot = table[(table["labeled per class"] == 1) & table["right, this app without the batch"].notna()]
     gain = (one_shot["right, this app"] - one_shot["right, this app without the batch"]) * 100
-    if len(gain) and (room := gain[one_shot["right, this app without the batch"] < 0.99]).size:
+    room = gain[one_shot["right, this app without the batch"] < 0.99]
+    if len(room):
         st.markdown(
             f"**What the unlabeled batch adds.** With one labeled image per class, using the batch "
             f"labels {room.min():.0f} to {room.max():.0f} more images in every hundred right than the "

@@ -24,7 +24,7 @@ from mssl_core.labeling.adapt import adapt, choose_backbone, fit_sample, model_f
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.images import ImageError, class_folder_files, decode_image, list_files
-from mssl_core.labeling.label_issues import labels_to_check
+from mssl_core.labeling.label_issues import LabelCheck, labels_to_check
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ class LabelingResult:
     model_name: str
     backbone_reason: str
     seconds: dict[str, float] = field(default_factory=dict)  # model (load + support), decode, embed, adapt
-    # labeled files whose label looks wrong, predicted from the others (label_issues.py): file,
-    # its label, the class it looks like, that class's held-out probability, a likely slip
-    labels_to_check: list[tuple[str, str, str, float, bool]] = field(default_factory=list)
+    # labeled files (relative to the labeled folder) whose label looks wrong (label_issues.py)
+    labels_to_check: list[tuple[str, LabelCheck]] = field(default_factory=list)
 
     @property
     def paths(self) -> list[str]:
@@ -123,18 +122,16 @@ def prepare_support(
     folder = folder or MODELS_DIR
     support_files = class_folder_files(support_dir)
     support_images, support_errors = decode_all([f.path for f in support_files], log)
-    usable = [
-        (im, f.label) for im, f, e in zip(support_images, support_files, support_errors, strict=True) if not e
-    ]
-    images, names = [im for im, _ in usable], [label for _, label in usable]
+    usable = [(im, f) for im, f, e in zip(support_images, support_files, support_errors, strict=True) if not e]
     support = embed_support(
-        images, names, method, backbone, folder, f"{support_dir} (one sub-folder per class)"
+        [im for im, _ in usable],
+        [f.label for _, f in usable],
+        method,
+        backbone,
+        folder,
+        f"{support_dir} (one sub-folder per class)",
     )
-    support.paths = [
-        str(f.path.relative_to(support_dir))
-        for f, e in zip(support_files, support_errors, strict=True)
-        if not e
-    ]
+    support.paths = [str(f.path.relative_to(support_dir)) for _, f in usable]
     return support
 
 
@@ -208,10 +205,8 @@ def predict_embedded(
     seconds = {"adapt": time.perf_counter() - started}
     checks = []
     if prediction.held_out is not None and task_support.paths:
-        checks = [
-            (task_support.paths[c.row], classes[labels[c.row]], classes[c.likelier], c.probability, c.likely)
-            for c in labels_to_check(labels.numpy(), prediction.held_out)
-        ]
+        found = labels_to_check(labels.numpy(), prediction.held_out, classes)
+        checks = [(task_support.paths[check.row], check) for check in found]
     return LabelingResult(classes, rows, model.name, task_support.reason, seconds, checks)
 
 

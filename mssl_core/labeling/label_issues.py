@@ -31,22 +31,7 @@ def suspicious_labels(labels: np.ndarray, held_out: np.ndarray) -> list[int]:
     """Rows whose label looks wrong (cleanlab's and `likely_slips`), most suspicious first.
     `held_out`: each row's class probabilities predicted without it (out of sample), columns
     in class order."""
-    from cleanlab.filter import find_label_issues  # imported here: it takes a second to load
-
-    labels, held_out = np.asarray(labels), np.asarray(held_out, dtype=float)
-    if len(labels) == 0 or len(np.unique(labels)) < 2:
-        return []
-    with warnings.catch_warnings():  # its notes on tiny classes are for data scientists
-        warnings.simplefilter("ignore")
-        flagged = find_label_issues(
-            labels,
-            held_out,
-            filter_by=FILTER_BY,
-            n_jobs=1,  # its default forks worker processes: never inside the app's server
-        )
-    rows = set(np.flatnonzero(flagged).tolist()) | likely_slips(labels, held_out)
-    own_class = held_out[np.arange(len(labels)), labels]
-    return sorted(rows, key=lambda row: own_class[row])
+    return _flagged(np.asarray(labels), np.asarray(held_out, dtype=float))[0]
 
 
 def likely_slips(labels: np.ndarray, held_out: np.ndarray) -> set[int]:
@@ -67,18 +52,43 @@ class LabelCheck(NamedTuple):
     """A labeled image whose label looks wrong."""
 
     row: int
-    likelier: int  # the other class its held-out prediction favours most
+    label: str  # the class it is labeled
+    likelier: str  # the other class its held-out prediction favours most
     probability: float  # of that class, held out
     likely: bool  # a slip explains it better than the image does (`likely_slips`)
 
 
-def labels_to_check(labels: np.ndarray, held_out: np.ndarray) -> list[LabelCheck]:
+def labels_to_check(labels: np.ndarray, held_out: np.ndarray, classes: list[str]) -> list[LabelCheck]:
     """`suspicious_labels`, each with the class it looks like and whether it is a likely slip."""
     labels, held_out = np.asarray(labels), np.asarray(held_out, dtype=float)
-    likely, checks = likely_slips(labels, held_out), []
-    for row in suspicious_labels(labels, held_out):
+    rows, likely = _flagged(labels, held_out)
+    checks = []
+    for row in rows:
         others = held_out[row].copy()
         others[labels[row]] = -1  # the class it looks like: never its own
         likelier = int(others.argmax())
-        checks.append(LabelCheck(row, likelier, float(held_out[row, likelier]), row in likely))
+        checks.append(
+            LabelCheck(
+                row, classes[labels[row]], classes[likelier], float(held_out[row, likelier]), row in likely
+            )
+        )
     return checks
+
+
+def _flagged(labels: np.ndarray, held_out: np.ndarray) -> tuple[list[int], set[int]]:
+    """The rows of `suspicious_labels`, and which of them are likely slips."""
+    from cleanlab.filter import find_label_issues  # imported here: it takes a second to load
+
+    if len(labels) == 0 or len(np.unique(labels)) < 2:
+        return [], set()
+    with warnings.catch_warnings():  # its notes on tiny classes are for data scientists
+        warnings.simplefilter("ignore")
+        flagged = find_label_issues(
+            labels,
+            held_out,
+            filter_by=FILTER_BY,
+            n_jobs=1,  # its default forks worker processes: never inside the app's server
+        )
+    likely = likely_slips(labels, held_out)
+    own_class = held_out[np.arange(len(labels)), labels]
+    return sorted(set(np.flatnonzero(flagged).tolist()) | likely, key=lambda row: own_class[row]), likely

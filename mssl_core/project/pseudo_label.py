@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,18 +18,9 @@ from mssl_core.engine.ssl import SSLOptions
 from mssl_core.labeling.adapt import Prediction, adapt
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
-from mssl_core.labeling.label_issues import labels_to_check
+from mssl_core.labeling.label_issues import LabelCheck, labels_to_check
 from mssl_core.project.export import ExportRow
 from mssl_core.project.store import LabelingProject, StoredImage
-
-
-class LabelToCheck(NamedTuple):
-    """A labeled image whose label looks wrong (label_issues.py)."""
-
-    image: StoredImage
-    likelier: str  # the other class its held-out prediction favours most
-    probability: float  # of that class, held out
-    likely: bool  # a slip explains it better than the image does (`likely_slips`)
 
 
 @dataclass
@@ -42,7 +32,7 @@ class ProjectPrediction:
     support_embeddings: np.ndarray
     decisions: dict[int, tuple[str, str | None]]
     # labeled images that may be mislabeled, most suspicious first
-    suspicious: list[LabelToCheck]
+    suspicious: list[tuple[StoredImage, LabelCheck]]
     # share of the user's labeled images whose held-out prediction is their label: how much a
     # flag above can be trusted (None: no held-out predictions, a class with one image)
     held_out_accuracy: float | None = None
@@ -139,10 +129,10 @@ def pseudo_label_project(
         held_out, given = prediction.held_out[:rows], labels[:rows].numpy()
         held_out_accuracy = float((held_out.argmax(1) == given).mean())
         confirmed = project.confirmed_labels()
-        for check in labels_to_check(given, held_out):
+        for check in labels_to_check(given, held_out, classes):
             image = support[check.row][0]
             if image.id not in confirmed:
-                suspicious.append(LabelToCheck(image, classes[check.likelier], check.probability, check.likely))
+                suspicious.append((image, check))
     return ProjectPrediction(
         unlabeled, prediction, support_embeddings.numpy(), decisions, suspicious, held_out_accuracy
     )
