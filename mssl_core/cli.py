@@ -152,6 +152,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from mssl_core.benchmarks.simulate import actions_to_reach, simulate_folders, write_curve
     from mssl_core.labeling.embedding_cache import EmbeddingCache
+    from mssl_core.project.review import likely_most_errors
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     curve = simulate_folders(
@@ -169,7 +170,8 @@ def _simulate(args: argparse.Namespace) -> int:
     start = curve[0]
     print(
         f"{args.order} order: the batch starts {start.batch_accuracy:.1%} correct"
-        f" ({start.actual_errors_remaining} wrong, {start.expected_errors_remaining:.1f} expected by the app)"
+        f" ({start.actual_errors_remaining} wrong; the app expects {start.expected_errors_remaining:.1f},"
+        f" likely no more than {likely_most_errors(start.expected_errors_remaining)})"
     )
     for target in (0.95, 0.99):
         actions = actions_to_reach(curve, target)

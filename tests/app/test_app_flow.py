@@ -181,6 +181,8 @@ def test_with_one_labeled_image_in_a_class_the_page_says_confidence_was_not_chec
 def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
     import numpy as np
 
+    from mssl_core.project.review import likely_most_errors
+
     app.switch_page("views/upload.py").run()
     _button(app, "Load demo data").click().run()
     app.switch_page("views/pseudo_label.py").run()
@@ -192,6 +194,7 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
     errors, precision = float((1 - confidence).sum()), float(confidence.mean())
     said = next(m.value for m in app.markdown if "expected among the 300 images not yet reviewed" in m.value)
     assert f"**{errors:.0f} wrong label" in said and f"{precision:.1%}" in said
+    assert f"likely no more than {likely_most_errors(errors, 300)} " in said
     app.select_slider[0].set_value(0.9).run()
     if precision >= 0.9:
         _button(app, "Accept the remaining 300").click().run()

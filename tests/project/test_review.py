@@ -26,3 +26,16 @@ def test_expected_errors_of_the_rest_is_the_sum_of_doubts():
     errors, precision = expected_errors(np.array([0.9, 0.99, 0.6]))
     assert errors == pytest.approx(0.51) and precision == pytest.approx(0.83)
     assert expected_errors(np.array([])) == (0.0, None)
+
+
+def test_the_likely_most_errors_is_above_the_expected_count_and_grows_with_it():
+    from mssl_core.project.review import ERROR_COUNT_RATIO_90, likely_most_errors
+
+    assert ERROR_COUNT_RATIO_90 > 1
+    previous = 0
+    for expected in (0.0, 0.4, 3.0, 12.5, 42.3, 400.0):
+        most = likely_most_errors(expected)
+        assert most >= expected and most >= previous
+        previous = most
+    assert likely_most_errors(12.5) > 13  # a bound, not the expected count rounded
+    assert likely_most_errors(400.0, images=420) == 420  # never more errors than images
