@@ -25,7 +25,6 @@ from mssl_core.benchmarks.simulate import (
     simulate_review,
 )
 from mssl_core.engine.data.domains import DOMAINS, domain
-from mssl_core.engine.data.episodes import EpisodeSampler, EpisodeSpec
 from mssl_core.engine.data.paths import ASSETS_DIR
 from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import model_for
@@ -78,15 +77,13 @@ def main() -> None:
             d = domain(name)
             pool = domain_pool(d, method)
             features = pool.features["combined"]
-            n_classes, n_per_class = pool.images.shape[:2]
-            spec = EpisodeSpec(min(5, n_classes), 5, min(args.per_class, n_per_class - 5), 0, 0)
-            sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=7)
+            sampler = pool.tasks(5, 5, args.per_class, seed=7)
             for episode_number in range(args.episodes):
                 episode = sampler.sample()
                 started = time.perf_counter()
                 curve = simulate_review(
                     model,
-                    [str(c) for c in range(spec.ways)],
+                    [str(c) for c in range(sampler.spec.ways)],
                     features[episode.support],
                     torch.from_numpy(episode.support_labels),
                     features[episode.unlabeled],

@@ -80,6 +80,13 @@ class DomainPool:
     features: dict[str, Tensor]  # source -> flat `(n_classes * n_per_class, dim)`
     pixels32: np.ndarray  # the raw-pixel baseline's features
 
+    def tasks(self, ways: int, shots: int, per_class: int, seed: int) -> EpisodeSampler:
+        """Tasks of `ways` classes (all of them where the domain has fewer), `shots` labeled
+        images and up to `per_class` batch images per class."""
+        n_classes, n_per_class = self.images.shape[:2]
+        spec = EpisodeSpec(min(ways, n_classes), shots, min(per_class, n_per_class - shots), 0, 0)
+        return EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
+
 
 def class_pool(images: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """A fixed random `min(POOL_PER_CLASS, smallest class)` images of every class."""
@@ -255,9 +262,7 @@ def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -
     for d in chosen:
         pool = domain_pool(d, method)
         features = pool.features["combined"]
-        n_classes, n_per_class = pool.images.shape[:2]
-        spec = EpisodeSpec(min(MAX_WAYS, n_classes), 1, min(UNLABELED_PER_CLASS, n_per_class - 1), 0, 0)
-        sampler = EpisodeSampler(n_classes, n_per_class, spec, seed=seed)
+        sampler = pool.tasks(MAX_WAYS, 1, UNLABELED_PER_CLASS, seed)
         for _ in range(episodes):
             episode = sampler.sample()
             labels = torch.from_numpy(episode.support_labels)
