@@ -13,6 +13,11 @@ images and never do worse than no head where it can measure.
   ReLU features closer to Gaussian), centred on the task and L2-normalised, then joined.
 - `pixels`: the 28x28 grayscale pixels, centred on the task and L2-normalised.
 
+The centre is the middle of the classes, the mean of the labeled images' class means, not the
+mean of every image of the task: where most of a batch is one class, that mean sits on the
+class, and normalising then scatters its images in every direction, some towards a rare class
+(docs/crossdomain.md, "Batches where one class is rare").
+
 Either is mapped into the method's embedding space by a fixed random orthogonal projection at
 the scale the MobileNetV2 head learned, so the meta-trained method (and its temperature table)
 applies as it is; the per-task domain factor (calibration.py) corrects confidence from there.
@@ -21,6 +26,7 @@ applies as it is; the per-task domain factor (calibration.py) corrects confidenc
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import numpy as np
 import torch
@@ -79,12 +85,12 @@ def orthogonal_projection(in_dim: int, out_dim: int, seed: int = PROJECTION_SEED
 
 
 class TaskCentred(MethodWrapper):
-    """A method applied to features centred on the task's own images.
+    """A method applied to features centred on the task.
 
-    `fit` takes the mean over the labeled and unlabeled images of the task; every image (those
-    it fits on and any it predicts later) is then transformed the same way: per block of
-    features an optional power transform, minus the task mean, L2 normalisation; the blocks
-    joined, normalised again and projected into the method's embedding space at `scale`.
+    `fit` takes the centre of the task, the mean of its labeled images' class means; every
+    image (those it fits on and any it predicts later) is then transformed the same way: per
+    block of features an optional power transform, minus the centre, L2 normalisation; the
+    blocks joined, normalised again and projected into the method's embedding space at `scale`.
     """
 
     def __init__(
@@ -94,6 +100,10 @@ class TaskCentred(MethodWrapper):
         self.blocks, self.power, self.scale = blocks, power, scale
         self.projection = orthogonal_projection(sum(blocks), out_dim)
         self.mean: Tensor | None = None
+        # the leading support rows that place the centre (None: all): in review, the images the
+        # user labeled, so that a decision leaves the centre, and every image's features, as
+        # they were (`centre_on`)
+        self.centre_rows: int | None = None
         # the task's images as `fit` took them (labeled, then unlabeled), and their features,
         # for the prediction that follows the fit (the review step predicts the very rows it
         # adapted to); let go then, so an adapted task that is kept holds no copy of its images
@@ -121,33 +131,35 @@ class TaskCentred(MethodWrapper):
 
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
         parts = (support,) if unlabeled is None else (support, unlabeled)
-        mapped = self._task_features(parts)
+        centred_on = len(support) if self.centre_rows is None else min(self.centre_rows, len(support))
+        mapped = self._task_features(parts, support_labels[:centred_on])
         self.task = (parts, mapped)
         mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
         self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self
 
-    def _task_features(self, parts: tuple[Tensor, ...]) -> Tensor:
-        """The task's images (`parts` stacked) centred on their own mean (which this sets),
-        normalised and projected; remembered for the same images in another order, as in review,
-        where computing them again took most of a re-adaptation at 10,000 images."""
-        fingerprints = None
+    def _task_features(self, parts: tuple[Tensor, ...], centre_labels: Tensor) -> Tensor:
+        """The task's images (`parts` stacked) centred on the middle of the classes of the
+        leading `len(centre_labels)` rows (which this sets), normalised and projected;
+        remembered for the same images in another order, as in review, where computing them
+        again took most of a re-adaptation at 10,000 images."""
+        centre_rows = parts[0][: len(centre_labels)]
+        fingerprints, tag = None, None
         if sum(map(len, parts)) >= row_sets.SMALLEST and not any(p.requires_grad for p in parts):
             # part by part: joining them first would copy the batch only to recognise it
             fingerprints = np.concatenate([row_fingerprints(p) for p in parts])
-            found = _centred_tasks.get(self._tag, fingerprints)
+            tag = f"{self._tag}:{_labeled_rows_key(row_fingerprints(centre_rows), centre_labels)}"
+            found = _centred_tasks.get(tag, fingerprints)
             if found is not None:
                 self.mean, mapped, computed_order = found
                 return mapped[torch.from_numpy(to_old_order(computed_order, fingerprints))]
         powered = self._powered(torch.cat(parts).float())
-        # summed in double precision, so the same images in another order (after a correction)
-        # get bitwise the same features, and propagation finds its remembered neighbour lists
-        self.mean = powered.double().mean(0, keepdim=True).float()
+        self.mean = class_centre(powered[: len(centre_labels)], centre_labels)
         # one call for all of them: matrix products round a row differently in a batch of
-        # another size, and a corrected image must keep its exact features (see above)
+        # another size, and a corrected image must keep its exact features (see `class_centre`)
         mapped = self._mapped(powered)
-        if fingerprints is not None:
-            _centred_tasks.put(self._tag, fingerprints, (self.mean, mapped, fingerprints))
+        if tag is not None:
+            _centred_tasks.put(tag, fingerprints, (self.mean, mapped, fingerprints))
         return mapped
 
     @property
@@ -160,6 +172,31 @@ class TaskCentred(MethodWrapper):
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return self.method.predict_proba(self.transform(x))
+
+
+def class_centre(rows: Tensor, labels: Tensor) -> Tensor:
+    """The mean of the class means of `rows` (`1 x dim`): each class weighs the same however
+    many rows it has. Summed in double precision, so the same rows in another order give
+    bitwise the same centre (propagation then finds its remembered neighbour lists)."""
+    rows = rows.double()
+    means = [rows[labels == c].mean(0) for c in labels.unique()]
+    return torch.stack(means).mean(0, keepdim=True).float()
+
+
+def _labeled_rows_key(fingerprints: np.ndarray, labels: Tensor) -> str:
+    """What identifies a set of labeled rows with their labels, in any order."""
+    salted = fingerprints + labels.numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    return hashlib.sha1(np.sort(salted).tobytes()).hexdigest()[:16]
+
+
+def centre_on(method: object, rows: int | None) -> None:
+    """Centre every task-centred part of `method` (through wrappers and an ensemble's members)
+    on the leading `rows` support rows of its next fits (None: all of them)."""
+    if isinstance(method, TaskCentred):
+        method.centre_rows = rows
+    for inner in [getattr(method, "method", None), *getattr(method, "members", {}).values()]:
+        if inner is not None:
+            centre_on(inner, rows)
 
 
 def is_stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:

@@ -25,7 +25,7 @@ from mssl_core.engine.combined_source import (
     SourceEnsemble,
     combined_model,
 )
-from mssl_core.engine.feature_sources import CENTRED_SOURCES, centred_model
+from mssl_core.engine.feature_sources import CENTRED_SOURCES, centre_on, centred_model
 from mssl_core.engine.methods import METHODS, make_method
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
@@ -135,6 +135,8 @@ def fit_task(
         calibrate_on = slice(0, labeled_rows)
     # A private copy: app sessions run in threads and share one loaded model.
     method = copy.deepcopy(model.method)
+    # centred on the user's labeled images: the review's decisions leave every image's features as they were
+    centre_on(method, labeled_rows)
     if isinstance(method, SourceEnsemble):
         method.with_ssl(ssl)
         labeled, labels = support[calibrate_on], support_labels[calibrate_on]

@@ -103,13 +103,15 @@ def test_centring_is_the_same_in_label_the_app_and_the_benchmark(shape_folders, 
     for name, probabilities in from_app.items():
         np.testing.assert_allclose(probabilities, from_label[name], atol=1e-5)
 
-    # the benchmark's source rows: fit_task on the same embeddings, centred by the task's mean
+    # the benchmark's source rows: fit_task on the same embeddings, centred the same way
     classes = sorted({f.label for f in files})
     support = embed_images(model.backbone, [decode_image(f.path) for f in files])
     unlabeled = embed_images(model.backbone, [decode_image(p) for p in batch])
     labels = torch.tensor([classes.index(f.label) for f in files])
     task = fit_task(model, classes, support, labels, unlabeled)
-    mean = torch.cat([support, unlabeled]).clamp_min(0).sqrt().mean(0, keepdim=True)
+    # the middle of the classes: the mean of the labeled images' class means
+    powered = support.clamp_min(0).sqrt()
+    mean = torch.stack([powered[labels == c].mean(0) for c in range(len(classes))]).mean(0, keepdim=True)
     assert torch.allclose(task.method.mean, mean)
     bench = task.probabilities(unlabeled).numpy()
     for path, probabilities in zip(batch, bench, strict=True):
