@@ -143,12 +143,12 @@ class TaskCentred(MethodWrapper):
         leading `len(centre_labels)` rows (which this sets), normalised and projected;
         remembered for the same images in another order, as in review, where computing them
         again took most of a re-adaptation at 10,000 images."""
-        centre_rows = parts[0][: len(centre_labels)]
         fingerprints, tag = None, None
         if sum(map(len, parts)) >= row_sets.SMALLEST and not any(p.requires_grad for p in parts):
             # part by part: joining them first would copy the batch only to recognise it
             fingerprints = np.concatenate([row_fingerprints(p) for p in parts])
-            tag = f"{self._tag}:{_labeled_rows_key(row_fingerprints(centre_rows), centre_labels)}"
+            # the centre's rows lead the support: their fingerprints lead these
+            tag = f"{self._tag}:{_labeled_rows_key(fingerprints[: len(centre_labels)], centre_labels)}"
             found = _centred_tasks.get(tag, fingerprints)
             if found is not None:
                 self.mean, mapped, computed_order = found
