@@ -47,6 +47,15 @@ def accept_all(labels: dict[int, str]) -> None:
         st.toast(f"Saved {len(labels)} accepted labels.")
 
 
+def checked_by_decisions(prediction) -> str:
+    """What the reviewer's own decisions have done to the confidence shown, in words."""
+    if not prediction.reviewed:
+        return ""
+    direction = "lowered" if prediction.review_factor > 1 else "raised"
+    decisions = f"{prediction.reviewed} one-by-one decision{'s' if prediction.reviewed != 1 else ''}"
+    return f", then checked against your {decisions} so far, which {direction} it"
+
+
 # How good the rest already is, and a way to stop when it is good enough (calibrated confidence
 # only: with one labeled image in a class there is no estimate to offer).
 errors, rest_precision = expected_errors(prediction.confidence[pending])
@@ -59,9 +68,9 @@ if pending and prediction.confidence_checked:
             f"(expected precision {rest_precision:.1%}).",
             help=(
                 "Expected from the confidence of each pseudo-label, calibrated on how well your labeled "
-                "examples predict each other. A few labeled examples per class say only roughly how hard "
-                "a batch is: on our development images the actual count stayed at or below the bound "
-                "given here for 9 tasks in 10."
+                f"examples predict each other{checked_by_decisions(prediction)}. A few labeled examples "
+                "per class say only roughly how hard a batch is: on our development images the actual "
+                "count stayed at or below the bound given here for 9 tasks in 10."
             ),
         )
         target = st.select_slider("Precision you need", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999], value=0.99)
@@ -99,7 +108,7 @@ with st.container(border=True):
     elif prediction.confidence_checked:
         expected = (
             f", expected precision {precision:.1%} (confidence calibrated on validation tasks and "
-            "your labeled examples)"
+            f"your labeled examples{checked_by_decisions(prediction)})"
         )
     else:  # one labeled image in some class: off validation's domain the estimate can be far off
         expected = (
@@ -120,17 +129,25 @@ order = review_order(prediction.probabilities[pending])
 queue = [pending[i] for i in order[: PAGE_SIZE + 1]]
 
 
-def decide(image, shown, action: str, label: str | None = None) -> None:
+def decide(image, shown, action: str, label: str | None = None, probabilities: dict | None = None) -> None:
     """A button's callback, so it runs before the page does: one run per decision, the page
     then re-adapted to it. Commits unless another session decided the image since this page
-    showed it (`shown`: its decision then); the page says which happened."""
-    if saved_in_callback(lambda: project.decide(image.id, action, label, session=SESSION, shown=shown)):
+    showed it (`shown`: its decision then); the page says which happened. `probabilities`: the
+    model's for the image as shown, which the decision checks (review.review_factor)."""
+    if saved_in_callback(
+        lambda: project.decide(
+            image.id, action, label, session=SESSION, shown=shown, model_probabilities=probabilities
+        )
+    ):
         st.toast(f"Saved: {md(image.name)} → {md(label or action)}")
 
 
-def choose(image, predicted: str, chosen: str) -> tuple:
-    """`decide`'s arguments for picking `chosen`: an accept when it is the model's answer."""
-    return image, result.decisions.get(image.id), decision_action(chosen, predicted), chosen
+def choose(index: int, chosen: str) -> tuple:
+    """`decide`'s arguments for picking `chosen` for the batch image at `index`: an accept when
+    it is the model's answer."""
+    image, predicted = result.images[index], prediction.labels[index]
+    shown = dict(zip(prediction.classes, map(float, prediction.before_review[index]), strict=True))
+    return image, result.decisions.get(image.id), decision_action(chosen, predicted), chosen, shown
 
 
 def undo(last: dict) -> None:
@@ -163,7 +180,7 @@ with st.container(border=True):
             shortcut="A",
             key="focus-accept",
             on_click=decide,
-            args=choose(focus, focus_label, focus_label),
+            args=choose(queue[0], focus_label),
         )
         # every class, its full name on a button as wide as it needs, wrapping to further rows;
         # keys 1-9 for the first nine
@@ -177,7 +194,7 @@ with st.container(border=True):
                     key=f"focus-class-{name}",
                     width="content",
                     on_click=decide,
-                    args=choose(focus, focus_label, name),
+                    args=choose(queue[0], name),
                 )
         st.button(
             "Skip",
@@ -207,7 +224,7 @@ for slot, index in enumerate(queue[1:]):
             "Accept" if chosen == label else "Correct",
             key=f"ok-{image.id}",
             on_click=decide,
-            args=choose(image, label, chosen),
+            args=choose(index, chosen),
         )
         skip.button(
             "Skip",

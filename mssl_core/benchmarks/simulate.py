@@ -3,8 +3,9 @@
 It does what a person does on the Review page: takes the image shown next (`--order app`: the
 page's own order, `review.review_order`), accepts the pseudo-label when it is right and
 otherwise corrects it to the truth (one action each), and the batch re-adapts after every
-decision through the app's own step (`pseudo_label.adapt_batch`). `random` and
-`least-confident` are the orders the app's must beat.
+decision through the app's own step (`pseudo_label.adapt_batch`), its confidence corrected by
+the decisions so far as the page's is. `random` and `least-confident` are the orders the app's
+must beat.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from torch import Tensor
 from mssl_core.engine.checkpoints import MODELS_DIR, Model
 from mssl_core.engine.data.paths import REPO_ROOT
 from mssl_core.engine.ssl import SSLOptions
+from mssl_core.labeling.adapt import Prediction
 from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.folders import prepare_support
 from mssl_core.labeling.images import list_files
-from mssl_core.project.pseudo_label import UNDECIDED, adapt_batch
+from mssl_core.project.pseudo_label import UNDECIDED, Reviewed, adapt_batch
 from mssl_core.project.review import expected_errors, review_order
 
 log = logging.getLogger(__name__)
@@ -61,33 +63,61 @@ def simulate_review(
     """The review curve of one batch (`truth`: class index per batch image): a point before any
     action, then one after each, until every image is reviewed, `max_actions`, or the batch is
     `stop_at` correct."""
-    truth = np.asarray(truth)
-    rng = np.random.default_rng(seed)
-    reviewed = np.zeros(len(batch), dtype=bool)
     limit = len(batch) if max_actions is None else min(max_actions, len(batch))
     curve = []
-    for actions in range(limit + 1):
-        decided_labels = np.where(reviewed, truth, UNDECIDED)
-        prediction = adapt_batch(model, classes, support, support_labels, batch, decided_labels, ssl)
-        predicted = prediction.probabilities.argmax(1)
-        pending = np.flatnonzero(~reviewed)
-        wrong = int((predicted[pending] != truth[pending]).sum())
-        point = CurvePoint(
-            actions,
-            int(reviewed.sum()),
-            1 - wrong / len(batch),
-            expected_errors(prediction.confidence[pending])[0],
-            wrong,
-        )
+    task = ReviewTask(model, classes, support, support_labels, batch, np.asarray(truth))
+    for point, _, _ in review_steps(task, order, seed, ssl):
         curve.append(point)
         if on_point:
             on_point(point)
-        if actions == limit or (stop_at is not None and _reached(point, stop_at)):
+        if point.actions == limit or (stop_at is not None and _reached(point, stop_at)):
             break
-        # the reviewer's action (accept or correct) leaves the image with its true label
-        queue = review_order(prediction.probabilities[pending], order, rng)
-        reviewed[pending[queue[0]]] = True
     return curve
+
+
+@dataclass(frozen=True)
+class ReviewTask:
+    """A batch to review: the model, the classes, the labeled images and the batch with its truth
+    (class index per batch image)."""
+
+    model: Model
+    classes: list[str]
+    support: Tensor
+    support_labels: Tensor
+    batch: Tensor
+    truth: np.ndarray
+
+
+def review_steps(
+    task: ReviewTask, order: str = "app", seed: int = 0, ssl: SSLOptions | None = None
+) -> Iterator[tuple[CurvePoint, Prediction, np.ndarray]]:
+    """The simulated review one state at a time: its curve point, the batch's prediction then
+    and the indices of the images not yet reviewed; each next one after one more action, until
+    every image is reviewed."""
+    truth, batch = task.truth, task.batch
+    rng = np.random.default_rng(seed)
+    reviewed = np.zeros(len(batch), dtype=bool)
+    one_by_one = Reviewed.none(len(task.classes))  # every decision here is one, as on the Review page
+    for actions in range(len(batch) + 1):
+        decided_labels = np.where(reviewed, truth, UNDECIDED)
+        prediction = adapt_batch(
+            task.model, task.classes, task.support, task.support_labels, batch, decided_labels, ssl, one_by_one
+        )
+        predicted = prediction.probabilities.argmax(1)
+        pending = np.flatnonzero(~reviewed)
+        wrong = int((predicted[pending] != truth[pending]).sum())
+        expected = expected_errors(prediction.confidence[pending])[0]
+        yield (
+            CurvePoint(actions, int(reviewed.sum()), 1 - wrong / len(batch), expected, wrong),
+            prediction,
+            pending,
+        )
+        if not len(pending):
+            return
+        # the reviewer's action (accept or correct) leaves the image with its true label
+        shown = pending[review_order(prediction.probabilities[pending], order, rng)[0]]
+        reviewed[shown] = True
+        one_by_one = one_by_one.plus(prediction.before_review[shown], truth[shown])
 
 
 def simulate_folders(

@@ -45,6 +45,16 @@ class Prediction:
     confidence_checked: bool = False  # the temperature was adjusted on the user's labeled images
     # the leading labeled images confidence was calibrated on, each predicted from the others
     labeled_held_out: HeldOut | None = None
+    # in review: `probabilities` corrected by the person's decisions (project/review.py,
+    # `review_factor`); these are the model's before that correction (None: not corrected)
+    model_probabilities: np.ndarray | None = None
+    review_factor: float = 1.0
+    reviewed: int = 0  # the decisions `review_factor` was fitted on
+
+    @property
+    def before_review(self) -> np.ndarray:
+        """The probabilities calibrated on the labeled images alone."""
+        return self.probabilities if self.model_probabilities is None else self.model_probabilities
 
     @property
     def held_out(self) -> np.ndarray | None:

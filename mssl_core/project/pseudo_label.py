@@ -20,6 +20,7 @@ from mssl_core.labeling.bulk import embed_files
 from mssl_core.labeling.embedding_cache import EmbeddingCache
 from mssl_core.labeling.label_issues import LabelCheck, labels_to_check
 from mssl_core.project.export import ExportRow
+from mssl_core.project.review import recalibrated, review_factor
 from mssl_core.project.store import LabelingProject, StoredImage
 
 
@@ -113,7 +114,16 @@ def pseudo_label_project(
     position = {image.id: i for i, image in enumerate(unlabeled)}
     for (image, _), label in zip(support[labeled_rows:], labels[labeled_rows:].tolist(), strict=True):
         decided_labels[position[image.id]] = label
-    prediction = adapt_batch(model, classes, labeled, labels[:labeled_rows], batch, decided_labels, ssl)
+    prediction = adapt_batch(
+        model,
+        classes,
+        labeled,
+        labels[:labeled_rows],
+        batch,
+        decided_labels,
+        ssl,
+        reviewed_in(project, classes),
+    )
     support_embeddings = torch.cat([labeled, batch[torch.from_numpy(decided_labels != UNDECIDED)]])
     saved = project.predictions()
     changed = [
@@ -141,6 +151,19 @@ def pseudo_label_project(
 UNDECIDED = -1  # in `adapt_batch`'s `decided_labels`: no person has decided this image
 
 
+def reviewed_in(project: LabelingProject, classes: list[str]) -> Reviewed:
+    """The project's one-by-one decisions as `adapt_batch` takes them; those shown while the
+    classes were other than `classes` are left out (their probabilities are over other classes)."""
+    known = set(classes)
+    decisions = [(label, shown) for label, shown in project.reviewed_one_by_one() if set(shown) == known]
+    if not decisions:
+        return Reviewed.none(len(classes))
+    return Reviewed(
+        np.array([[shown[c] for c in classes] for _, shown in decisions]),
+        np.array([classes.index(label) for label, _ in decisions]),
+    )
+
+
 def adapt_batch(
     model: Model,
     classes: list[str],
@@ -149,11 +172,14 @@ def adapt_batch(
     batch: Tensor,
     decided_labels: np.ndarray,
     ssl: SSLOptions | None = None,
+    reviewed: Reviewed | None = None,
 ) -> Prediction:
     """The review loop's one step, shared by the app and `simulate`: adapt to the labeled images
     plus the batch images a person decided (`decided_labels`: their class index, UNDECIDED for
     the rest), with the undecided rest as the unlabeled images, and predict the whole batch.
-    Confidence is calibrated on the labeled images alone (see `labeling.fit_task`).
+    Confidence is calibrated on the labeled images alone (see `labeling.fit_task`), then, where
+    it could be checked there, corrected by the images a person decided one by one
+    (`reviewed`; review.py, `review_factor`).
 
     The batch is predicted as the very rows the method was fitted on (labeled, decided,
     undecided) and put back in batch order, so their task-centred features are computed once."""
@@ -170,9 +196,35 @@ def adapt_batch(
     labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])
     prediction = adapt(model, classes, support, labels, undecided, task_rows, ssl, labeled_rows=len(labeled))
     in_batch_order = len(labeled) + np.argsort(fitted_order)
+    probabilities = prediction.probabilities[in_batch_order]
+    prediction = dataclasses.replace(prediction, probabilities=probabilities, embeddings=batch.numpy())
+    if reviewed is None or not len(reviewed.answers) or not prediction.confidence_checked:
+        return prediction
+    factor = review_factor(reviewed.probabilities, reviewed.answers)
     return dataclasses.replace(
-        prediction, probabilities=prediction.probabilities[in_batch_order], embeddings=batch.numpy()
+        prediction,
+        probabilities=recalibrated(probabilities, factor),
+        model_probabilities=probabilities,
+        review_factor=factor,
+        reviewed=len(reviewed.answers),
     )
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """Batch images a person decided one by one: the model's probabilities of each when it was
+    shown (`Prediction.before_review`), and the class index the person gave it."""
+
+    probabilities: np.ndarray
+    answers: np.ndarray
+
+    @classmethod
+    def none(cls, classes: int) -> Reviewed:
+        return cls(np.zeros((0, classes)), np.zeros(0, dtype=np.int64))
+
+    def plus(self, probabilities: np.ndarray, answer: int) -> Reviewed:
+        """These and one more decision."""
+        return Reviewed(np.vstack([self.probabilities, probabilities]), np.append(self.answers, answer))
 
 
 def _cached_embeddings(

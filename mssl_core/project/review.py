@@ -6,6 +6,12 @@ simulated reviewer (`simulate.py`) measured it against the orders tried before i
 development domains (docs/review.md): a mix of margin, disagreement with the plain
 prototypical answer and distance from the labeled images, and uncertainty weighted by the
 uncertain neighbours a decision would move. Neither reached a 99%-correct batch sooner.
+
+Each image a person decides one by one also tests the confidence it was shown with: it was
+chosen by its confidence alone, so among such images the share that was wrong is what that
+confidence promised, if it is right. `review_factor` fits one factor on the model's
+probabilities of those images to what the person answered, and `recalibrated` applies it to the
+rest: confidence calibrated on a few labeled images, corrected by the reviewer's decisions.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from mssl_core.engine.calibration import fit_temperature
 
 ORDERS = ("app", "least-confident", "random")  # the app's own, and the two it must beat
 
@@ -64,3 +73,29 @@ def likely_most_errors(expected: float, images: int | None = None) -> int:
     in 10 (ERROR_COUNT_RATIO_90)."""
     most = math.ceil((expected + 1) * ERROR_COUNT_RATIO_90 - 1)
     return most if images is None else min(images, most)
+
+
+# Prior sd of log(review factor): with few decisions the factor stays near 1 (the labeled
+# images' calibration), with many the decisions decide. Chosen on development tasks (MNIST,
+# Fashion-MNIST, MRI, OpenArena; docs/review.md, "The reviewer's decisions check the confidence").
+REVIEW_PRIOR_SD = 0.25
+
+
+def review_factor(probabilities: np.ndarray, answers: np.ndarray, prior_sd: float = REVIEW_PRIOR_SD) -> float:
+    """The factor on log-probabilities (a temperature) that best explains the classes a person
+    gave (`answers`) to images the model predicted with `probabilities` when it showed them;
+    1.0 without any."""
+    if not len(answers):
+        return 1.0
+    log_probabilities = torch.from_numpy(np.log(np.clip(probabilities, 1e-12, 1.0)))
+    return fit_temperature(log_probabilities, torch.from_numpy(np.asarray(answers)), prior_sd)
+
+
+def recalibrated(probabilities: np.ndarray, factor: float) -> np.ndarray:
+    """`probabilities` at the review factor: the same ranking of classes, confidence softened
+    (factor > 1) or sharpened (< 1)."""
+    if factor == 1.0:
+        return probabilities
+    log_probabilities = np.log(np.clip(probabilities, 1e-12, 1.0)) / factor
+    scaled = np.exp(log_probabilities - log_probabilities.max(1, keepdims=True))
+    return (scaled / scaled.sum(1, keepdims=True)).astype(probabilities.dtype)

@@ -87,12 +87,15 @@ def keep_files_private() -> None:
     os.umask(0o077)
 
 
-SCHEMA_VERSION = 2  # PRAGMA user_version of a project database written by this code
+SCHEMA_VERSION = 3  # PRAGMA user_version of a project database written by this code
 # Each step takes a database from the version before to its own; version 0 is the layout of
 # every project made before versions were recorded (the tables of SCHEMA, no index).
 MIGRATIONS = {
     1: "CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions (image_id, id)",
     2: "ALTER TABLE decisions ADD COLUMN user TEXT",  # the named user who decided (NULL: no log-in by name)
+    # JSON {class: probability}, the model's when the image was shown for a one-by-one decision:
+    # the decision then checks that confidence (review.review_factor); NULL for bulk accepts
+    3: "ALTER TABLE decisions ADD COLUMN model_probabilities TEXT",
 }
 
 
@@ -180,7 +183,8 @@ class StoredImage:
 
 
 _RECORD_DECISION = (
-    "INSERT INTO decisions (image_id, action, label, session, user, decided_at) VALUES (?,?,?,?,?,?)"
+    "INSERT INTO decisions (image_id, action, label, session, user, decided_at, model_probabilities) "
+    "VALUES (?,?,?,?,?,?,?)"
 )
 
 
@@ -308,10 +312,12 @@ class LabelingProject:
         label: str | None = None,
         session: str = "",
         shown: tuple[str, str | None] | None | object = ANY_STATE,
+        model_probabilities: dict[str, float] | None = None,
     ) -> None:
         """Record a reviewer's decision (committed, durable) in the audit trail. `shown`: the
         image's decision (None: undecided) when the reviewer saw it; if another session has
-        changed it since, DecisionConflict is raised and nothing is written."""
+        changed it since, DecisionConflict is raised and nothing is written.
+        `model_probabilities`: {class: probability} the model gave the image as it was shown."""
         self.image(image_id)
         if action in ("accept", "correct") and not label:
             raise ValueError(f"a {action} decision needs a label")
@@ -322,9 +328,10 @@ class LabelingProject:
                     f"{self.image(image_id).name} was decided in another session since it was shown "
                     "here; nothing was changed. Look at it again."
                 )
+            probabilities = None if model_probabilities is None else json.dumps(model_probabilities)
             db.execute(
                 _RECORD_DECISION,
-                (image_id, action, label, session, self.user, time.time()),
+                (image_id, action, label, session, self.user, time.time(), probabilities),
             )
 
     def decide_many(
@@ -336,7 +343,7 @@ class LabelingProject:
         predicted = labels if predicted is None else predicted
         now = time.time()
         rows = [
-            (image_id, decision_action(label, predicted.get(image_id)), label, session, self.user, now)
+            (image_id, decision_action(label, predicted.get(image_id)), label, session, self.user, now, None)
             for image_id, label in labels.items()
         ]
         with self._saving(f"{len(labels)} labels") as db:
@@ -374,6 +381,18 @@ class LabelingProject:
             else:
                 latest[image_id] = (action, label)
         return latest
+
+    def reviewed_one_by_one(self) -> list[tuple[str, dict[str, float]]]:
+        """(label given, the model's probabilities when shown) of each image whose current
+        decision a person made one by one (an accept or a correction with the probabilities
+        recorded), in the order decided."""
+        rows = self.db.execute(
+            "SELECT d.label, d.model_probabilities FROM decisions d WHERE d.model_probabilities IS NOT NULL "
+            "AND d.action IN ('accept', 'correct') AND NOT EXISTS "
+            "(SELECT 1 FROM decisions later WHERE later.image_id = d.image_id AND later.id > d.id) "
+            "ORDER BY d.id"
+        ).fetchall()
+        return [(label, json.loads(probabilities)) for label, probabilities in rows]
 
     def relabel(self, image_id: int, label: str, session: str = "") -> None:
         """Set a labeled image's class, or confirm it (the same label): both are recorded, so

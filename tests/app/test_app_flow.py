@@ -49,6 +49,10 @@ def test_demo_pseudo_label_review_and_export(app):
     first_accept = next(b for b in app.button if b.label in ("Accept", "Correct"))
     first_accept.click().run()
     assert len(project.current_decisions()) == 1
+    # what the model showed is kept with the decision: it checks the confidence of the rest
+    ((label, shown),) = project.reviewed_one_by_one()
+    assert max(shown, key=shown.get) == label and sum(shown.values()) == pytest.approx(1, abs=1e-4)
+    assert len(shown) == 5
 
     app.slider[0].set_value(0.9).run()
     bulk = next(b for b in app.button if re.fullmatch(r"Accept \d+ images", b.label))
@@ -56,6 +60,7 @@ def test_demo_pseudo_label_review_and_export(app):
     bulk.click().run()
     decisions = project.current_decisions()
     assert len(decisions) == 1 + expected
+    assert len(project.reviewed_one_by_one()) == 1  # images accepted unseen check nothing
     assert all(action in ("accept", "correct") for action, _ in decisions.values())
 
     app.switch_page("views/explore.py").run()
