@@ -73,6 +73,15 @@ if pending and prediction.confidence_checked:
                 "count stayed at or below the bound given here for 9 tasks in 10."
             ),
         )
+        if prediction.reviewed:
+            before = expected_errors(prediction.before_review[pending].max(1))[0]
+            found, moved = ("more", "lowered") if prediction.review_factor > 1 else ("fewer", "raised")
+            st.caption(
+                f"Checked against your {prediction.reviewed} one-by-one decision"
+                f"{'s' if prediction.reviewed != 1 else ''}: they found {found} wrong labels than the "
+                f"confidence promised, so it was {moved} (from your labeled examples alone: about "
+                f"{before:.0f} expected)."
+            )
         target = st.select_slider("Precision you need", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999], value=0.99)
         if rest_precision >= target:
             st.success(

@@ -208,6 +208,28 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
         assert any("Keep reviewing" in c.value for c in app.caption)
 
 
+def test_review_says_when_the_decisions_have_checked_the_confidence(app):
+    import time
+
+    app.switch_page("views/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    app.switch_page("views/pseudo_label.py").run()
+    _button(app, "Pseudo-label").click().run()
+    app.switch_page("views/review.py").run()
+    assert not any("one-by-one decision" in c.value for c in app.caption)
+    for _ in range(2):
+        _button(app, "Accept '").click().run()  # the focus image, as the A key does
+    # the rest re-adapts in the background; a later run of the page shows both decisions
+    for _ in range(60):
+        said = [c.value for c in app.caption if "your 2 one-by-one decisions" in c.value]
+        if said:
+            break
+        time.sleep(0.5)
+        app.run()
+    assert said and said[0].startswith("Checked against your 2 one-by-one decisions: they found ")
+    assert len(store.open_project("demo", create=False).reviewed_one_by_one()) == 2
+
+
 def test_review_shows_every_class_button_with_its_full_name(tmp_path, monkeypatch):
     """Twelve classes with long clinical names: each has its own button, the name whole (the
     five-class demo truncated 'grass' and 'gravel' alike to 'gr…'), keys 1-9 on the first nine."""
