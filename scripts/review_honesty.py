@@ -1,10 +1,10 @@
 """Is the Review page's expected count of wrong labels right as a review goes on, and is its
 "you can stop now" right when it says so?
 
-    python scripts/review_honesty.py --domains fashion-mnist mnist ... [--tasks 10] [--share 0.7]
+    python scripts/review_honesty.py --domains fashion-mnist mnist ... [--tasks 10] [--shots 5] [--share 0.7]
 
-On benchmark tasks (5-way, or as many classes as a domain has, 5 labeled and 40 batch images per
-class, episode seed 7 as scripts/review_curves.py), a simulated reviewer decides images in the
+On benchmark tasks (5-way, or as many classes as a domain has, `--shots` labeled and 40 batch images
+per class, episode seed 7 as scripts/review_curves.py), a simulated reviewer decides images in the
 app's order (`simulate.review_steps`, the page's own step) for `--share` of the batch. At every
 step, the expected count of wrong labels among the images not yet reviewed (`now`: confidence
 corrected by the decisions so far, as the page shows it; `before`: calibrated on the labeled
@@ -76,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domains", nargs="+", required=True)
     parser.add_argument("--tasks", type=int, default=10)
+    parser.add_argument("--shots", type=int, default=5, help="labeled images per class")
     parser.add_argument("--share", type=float, default=0.7, help="share of the batch reviewed")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path)
@@ -88,7 +89,7 @@ def main() -> None:
     print("|---" * (5 + len(TARGETS)) + "|")
     for name in args.domains:
         pool = domain_pool(domain(name), method)
-        sampler = pool.tasks(5, 5, 40, args.seed)
+        sampler = pool.tasks(5, args.shots, 40, args.seed)
         tasks = []
         for task in range(args.tasks):
             tasks.append(task_steps(model, pool.features["combined"], sampler.sample(), args.share))
