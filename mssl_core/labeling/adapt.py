@@ -11,6 +11,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -62,11 +63,13 @@ class Prediction:
         its image disagree (`HeldOut.cross_fitted`)."""
         return None if self.labeled_held_out is None else self.labeled_held_out.cross_fitted.numpy()
 
-    @property
+    # computed once (a pass over the batch each): pages read them per image; a changed prediction
+    # is a new one (`dataclasses.replace`), never `probabilities` changed in place
+    @cached_property
     def labels(self) -> list[str]:
         return [self.classes[i] for i in self.probabilities.argmax(1)]
 
-    @property
+    @cached_property
     def confidence(self) -> np.ndarray:
         return self.probabilities.max(1)
 
