@@ -220,6 +220,7 @@ class Reviewed:
 
     @classmethod
     def none(cls, classes: int) -> Reviewed:
+        """No decision yet, over `classes` classes."""
         return cls(np.zeros((0, classes)), np.zeros(0, dtype=np.int64))
 
     def plus(self, probabilities: np.ndarray, answer: int) -> Reviewed:
