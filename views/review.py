@@ -99,9 +99,7 @@ if pending and prediction.confidence_checked:
             )
         else:
             st.caption(f"Keep reviewing: the rest is at {rest_precision:.1%}, below the {target:.1%} you need.")
-        measured = demo_accuracy(
-            [result.images[i].sha256 for i in pending], [labels[i] for i in pending]
-        )
+        measured = demo_accuracy([result.images[i].sha256 for i in pending], [labels[i] for i in pending])
         if measured:
             known, right = measured
             st.caption(
