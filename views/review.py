@@ -28,9 +28,6 @@ project = require_project()
 SESSION = f"review {browser_session()}"  # recorded with each decision; undo stays within it
 result = current_predictions(project)
 prediction, decisions = result.prediction, result.decisions
-# each a pass over the whole batch: read once per page run, never per image (at 2,000 images,
-# per-image reads took 0.6-1 s of each run)
-labels, confidence = prediction.labels, prediction.confidence
 pending = [i for i, image in enumerate(result.images) if image.id not in decisions]
 done = len(result.images) - len(pending)
 callback_notice()
@@ -41,7 +38,7 @@ labels_to_check(project, result, SESSION)
 def shown_labels(indices: list[int]) -> dict[int, str]:
     """{image id: pseudo-label} of these images as this run shows them: a bulk accept takes
     exactly what its button said, even if the batch has re-adapted since."""
-    return {result.images[i].id: labels[i] for i in indices}
+    return {result.images[i].id: prediction.labels[i] for i in indices}
 
 
 def accept_all(labels: dict[int, str]) -> None:
@@ -61,7 +58,7 @@ def checked_by_decisions(prediction) -> str:
 
 # How good the rest already is, and a way to stop when it is good enough (calibrated confidence
 # only: with one labeled image in a class there is no estimate to offer).
-errors, rest_precision = expected_errors(confidence[pending])
+errors, rest_precision = expected_errors(prediction.confidence[pending])
 if pending and prediction.confidence_checked:
     with st.container(border=True):
         most = likely_most_errors(errors, len(pending))
@@ -99,7 +96,9 @@ if pending and prediction.confidence_checked:
             )
         else:
             st.caption(f"Keep reviewing: the rest is at {rest_precision:.1%}, below the {target:.1%} you need.")
-        measured = demo_accuracy([result.images[i].sha256 for i in pending], [labels[i] for i in pending])
+        measured = demo_accuracy(
+            [result.images[i].sha256 for i in pending], [prediction.labels[i] for i in pending]
+        )
         if measured:
             known, right = measured
             st.caption(
@@ -111,7 +110,7 @@ if pending and prediction.confidence_checked:
 with st.container(border=True):
     st.write("**Accept all above a threshold**")
     threshold = st.slider("Confidence threshold", 0.5, 1.0, 0.95, 0.01)
-    pending_confidence = confidence[pending]
+    pending_confidence = prediction.confidence[pending]
     count, precision = threshold_summary(pending_confidence, threshold)
     if not count:
         expected = ""
@@ -126,7 +125,7 @@ with st.container(border=True):
             "could not be checked on your images"
         )
     st.write(f"Accepts **{count}** images{expected}.")
-    above = [i for i in pending if confidence[i] >= threshold]
+    above = [i for i in pending if prediction.confidence[i] >= threshold]
     st.button(
         f"Accept {count} images",
         disabled=count == 0,
@@ -155,7 +154,7 @@ def decide(image, shown, action: str, label: str | None = None, probabilities: d
 def choose(index: int, chosen: str) -> tuple:
     """`decide`'s arguments for picking `chosen` for the batch image at `index`: an accept when
     it is the model's answer."""
-    image, predicted = result.images[index], labels[index]
+    image, predicted = result.images[index], prediction.labels[index]
     shown = dict(zip(prediction.classes, map(float, prediction.before_review[index]), strict=True))
     return image, result.decisions.get(image.id), decision_action(chosen, predicted), chosen, shown
 
@@ -177,7 +176,7 @@ if not queue:
 
 # The image that most needs a person, with keyboard shortcuts: A accept, 1-9 class, S skip.
 focus = result.images[queue[0]]
-focus_label, focus_confidence = labels[queue[0]], confidence[queue[0]]
+focus_label, focus_confidence = prediction.labels[queue[0]], prediction.confidence[queue[0]]
 with st.container(border=True):
     picture, actions = st.columns([1, 3])
     show_images([(focus.path, "")], 180, picture)
@@ -218,10 +217,10 @@ st.write("**Also uncertain**")
 columns = st.columns(4)
 for slot, index in enumerate(queue[1:]):
     image = result.images[index]
-    label = labels[index]
+    label = prediction.labels[index]
     with columns[slot % 4].container(border=True):
         show_images([(image.path, image.name)], 112)
-        st.write(f"**{md(label)}** · {confidence[index]:.0%}")
+        st.write(f"**{md(label)}** · {prediction.confidence[index]:.0%}")
         chosen = st.selectbox(
             "Class",
             prediction.classes,
