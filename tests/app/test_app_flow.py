@@ -27,6 +27,15 @@ def _button(app, label_start: str):
     return next(b for b in app.button if b.label.startswith(label_start))
 
 
+def _demo_on_the_review_page(app) -> None:
+    """The demo loaded, pseudo-labeled with the default model, and the Review page shown."""
+    app.switch_page("views/upload.py").run()
+    _button(app, "Load demo data").click().run()
+    app.switch_page("views/pseudo_label.py").run()
+    _button(app, "Pseudo-label").click().run()
+    app.switch_page("views/review.py").run()
+
+
 @pytest.mark.usefixtures("refuse_outbound")  # a full session, every byte stays on the machine
 def test_demo_pseudo_label_review_and_export(app):
     app.switch_page("views/upload.py").run()
@@ -188,11 +197,7 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
 
     from mssl_core.project.review import likely_most_errors
 
-    app.switch_page("views/upload.py").run()
-    _button(app, "Load demo data").click().run()
-    app.switch_page("views/pseudo_label.py").run()
-    _button(app, "Pseudo-label").click().run()
-    app.switch_page("views/review.py").run()
+    _demo_on_the_review_page(app)
     assert not app.exception
     project = store.open_project("demo", create=False)
     confidence = np.array([c for _, c in project.predictions().values()])
@@ -211,11 +216,7 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
 def test_review_says_when_the_decisions_have_checked_the_confidence(app):
     import time
 
-    app.switch_page("views/upload.py").run()
-    _button(app, "Load demo data").click().run()
-    app.switch_page("views/pseudo_label.py").run()
-    _button(app, "Pseudo-label").click().run()
-    app.switch_page("views/review.py").run()
+    _demo_on_the_review_page(app)
     assert not any("one-by-one decision" in c.value for c in app.caption)
     for _ in range(2):
         _button(app, "Accept '").click().run()  # the focus image, as the A key does
