@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.special import softmax
 
 from mssl_core.engine.calibration import fit_temperature
 
@@ -96,6 +97,5 @@ def recalibrated(probabilities: np.ndarray, factor: float) -> np.ndarray:
     (factor > 1) or sharpened (< 1)."""
     if factor == 1.0:
         return probabilities
-    log_probabilities = np.log(np.clip(probabilities, 1e-12, 1.0)) / factor
-    scaled = np.exp(log_probabilities - log_probabilities.max(1, keepdims=True))
-    return (scaled / scaled.sum(1, keepdims=True)).astype(probabilities.dtype)
+    scaled = softmax(np.log(np.clip(probabilities, 1e-12, 1.0)) / factor, axis=1)
+    return scaled.astype(probabilities.dtype)
