@@ -47,9 +47,9 @@ def task_steps(model: Model, features: Tensor, episode: Episode, share: float) -
     task = ReviewTask(model, classes, features[episode.support], labels, batch, episode.unlabeled_labels)
     for point, prediction, pending in review_steps(task):
         before = expected_errors(prediction.before_review[pending].max(1))[0]
+        now = point.expected_errors_remaining
         steps.append(
-            {"images": len(pending), "wrong": point.actual_errors_remaining, "before": before}
-            | {"now": point.expected_errors_remaining}
+            {"images": len(pending), "wrong": point.actual_errors_remaining, "before": before, "now": now}
         )
         if point.actions >= share * len(batch):
             break
