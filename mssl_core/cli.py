@@ -85,6 +85,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
+    from mssl_core.engine.class_shares import describe_shares
     from mssl_core.engine.ssl import SSLOptions
     from mssl_core.labeling.embedding_cache import EmbeddingCache
     from mssl_core.labeling.folders import label_folders, write_predictions_csv
@@ -140,6 +141,8 @@ def _label(args: argparse.Namespace) -> int:
                 f"  {path}: labeled {check.label}, looks like {check.likelier} ({check.probability:.0%})"
                 + (": likely mislabeled" if check.likely else "")
             )
+        if result.batch_shares is not None:
+            _stderr(describe_shares(result.classes, result.batch_shares))
     _stderr(
         f"labeled {images - failed} images with {model_name}"
         f" ({reason}); {failed} could not be read; wrote {args.out}"

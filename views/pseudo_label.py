@@ -8,6 +8,7 @@ from dataclasses import asdict, replace
 import streamlit as st
 
 from mssl_core.engine.checkpoints import available_models
+from mssl_core.engine.class_shares import describe_shares
 from mssl_core.engine.methods import METHODS
 from mssl_core.engine.model_cards import default_method
 from mssl_core.labeling.adapt import FEATURE_SOURCES, choose_backbone
@@ -131,6 +132,9 @@ if st.button("Pseudo-label", type="primary"):
             "example, so it comes from validation tasks alone, and on images unlike those it can "
             "run high. Label a second example of every class to have it checked."
         )
+    if result.prediction.batch_shares is not None:
+        shares = describe_shares(result.prediction.classes, result.prediction.batch_shares)
+        st.caption(shares[0].upper() + shares[1:] + ".")
     confident = (result.prediction.confidence >= 0.9).sum()
     st.write(f"{confident} of {len(result.images)} images are predicted with ≥ 90% confidence.")
     st.bar_chart(counts, x_label="class", y_label="images")

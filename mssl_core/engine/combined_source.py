@@ -36,6 +36,7 @@ from mssl_core.engine.calibration import (
     held_out_rows,
 )
 from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.class_shares import MIN_LABELED, batch_log_ratios
 from mssl_core.engine.contract import Method, MethodWrapper
 from mssl_core.engine.feature_sources import (
     IMAGENET_STAGE_DIMS,
@@ -170,11 +171,15 @@ class Calibration:
     tuned_block: nn.Module | None = None
     tuned_on: int = 0  # labeled images the block was tuned with
     tuned_ratio: float = 1.0  # the matched temperature over the frozen one
+    # log(share in the batch / among the labeled images) per class, added to the scaled logits
+    # where the batch's make-up clearly differs (class_shares.py); None: equal shares
+    batch_log_ratios: Tensor | None = None
 
     def with_tuning_of(self, earlier: Calibration) -> Calibration:
         """This (frozen) calibration, measured on a grown labeled set, with the block tuned for
-        an earlier one and its temperature scaled as the earlier matching scaled it: a refit
-        then skips the tuning (a Label Studio annotation). Unchecked: left as it is."""
+        an earlier one, its temperature scaled as the earlier matching scaled it and the same
+        batch's class shares: a refit then skips the tuning (a Label Studio annotation).
+        Unchecked: left as it is."""
         if not self.checked:
             return self
         return replace(
@@ -183,6 +188,7 @@ class Calibration:
             tuned_block=earlier.tuned_block,
             tuned_on=earlier.tuned_on,
             tuned_ratio=earlier.tuned_ratio,
+            batch_log_ratios=earlier.batch_log_ratios,
         )
 
 
@@ -247,10 +253,11 @@ class SourceEnsemble:
         calibration: Calibration | None = None,
     ) -> SourceEnsemble:
         """Fit every active member to the task; `calibration` as `calibrate` gives it (computed
-        here from `support` when not given). With `tuning`, a batch and confidence checked, the
-        last stage is then tuned to the task (last_stage.py) unless `calibration` brings a tuned
-        block already, as `self.calibration` does after this fit: the review loop passes it back
-        to refit fast."""
+        here from `support` when not given). With a batch and confidence checked, the last stage
+        is then tuned to the task (last_stage.py, with `tuning`) and the batch's class shares
+        estimated (class_shares.py), unless `calibration` brings a tuned block already, as
+        `self.calibration` does after this fit: the review loop passes it back to refit fast,
+        with the shares of the batch it was first fitted to."""
         calibration = calibration or self.calibrate(support, support_labels, unlabeled)
         self.calibration = calibration
         if self.tuning is not None:
@@ -259,29 +266,49 @@ class SourceEnsemble:
         # tuned only where confidence was checked on the user's images: the tuned ensemble's
         # temperature is matched to the frozen one's, which must itself be right (at one shot
         # the tuning also gained nothing on the development domains)
-        if self.tuning is None or unlabeled is None or not calibration.checked or calibration.tuned_block:
+        if unlabeled is None or not calibration.checked or calibration.tuned_block:
             return self
+        if self.tuning is None and torch.bincount(support_labels).min() < MIN_LABELED:
+            return self  # nothing to tune, no shares to estimate: spare the pass over the batch
         with torch.no_grad():
             frozen_members = self.member_log_probabilities(unlabeled)
             frozen = torch.softmax(torch.stack(list(frozen_members.values())).mean(0) / self.temperature, dim=1)
-        if self.tuning.fit(support, support_labels, unlabeled, frozen):
-            # only the members that read the tuned columns change: the others are not refitted
-            changed = [
-                name for name, m in self.active_members().items() if _overlap(m.where, self.tuning.writes)
-            ]
-            self._fit_members(support, support_labels, unlabeled, changed)
-            with torch.no_grad():
-                tuned_members = self.member_log_probabilities(unlabeled, changed)
-            logits = torch.stack([tuned_members.get(n, lp) for n, lp in frozen_members.items()]).mean(0)
-            temperature = matched_temperature(logits, frozen.max(1).values.mean().item())
-            self.calibration = replace(
-                calibration,
-                temperature=temperature,
-                tuned_block=self.tuning.tuned_block,
-                tuned_on=len(support),
-                tuned_ratio=temperature / calibration.temperature,
-            )
+        tuned = self._tune(support, support_labels, unlabeled, frozen_members, frozen)
+        if torch.bincount(support_labels).min() >= MIN_LABELED:
+            # the batch's probabilities as predicted next: the tuned ones where tuning was kept
+            probabilities = frozen if tuned is None else torch.softmax(tuned / self.temperature, dim=1)
+            ratios = batch_log_ratios(probabilities.double().numpy())
+            if ratios is not None:
+                self.calibration = replace(self.calibration, batch_log_ratios=torch.from_numpy(ratios).float())
         return self
+
+    def _tune(
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        unlabeled: Tensor,
+        frozen_members: dict[str, Tensor],
+        frozen: Tensor,
+    ) -> Tensor | None:
+        """Tune the last stage to the task where it helps; the tuned ensemble's logits of the
+        batch, or None where it was not tuned."""
+        if self.tuning is None or not self.tuning.fit(support, support_labels, unlabeled, frozen):
+            return None
+        # only the members that read the tuned columns change: the others are not refitted
+        changed = [name for name, m in self.active_members().items() if _overlap(m.where, self.tuning.writes)]
+        self._fit_members(support, support_labels, unlabeled, changed)
+        with torch.no_grad():
+            tuned_members = self.member_log_probabilities(unlabeled, changed)
+        logits = torch.stack([tuned_members.get(n, lp) for n, lp in frozen_members.items()]).mean(0)
+        temperature = matched_temperature(logits, frozen.max(1).values.mean().item())
+        self.calibration = replace(
+            self.calibration,
+            temperature=temperature,
+            tuned_block=self.tuning.tuned_block,
+            tuned_on=len(support),
+            tuned_ratio=temperature / self.calibration.temperature,
+        )
+        return logits
 
     def _fit_members(
         self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None, names: list[str] | None = None
@@ -332,7 +359,12 @@ class SourceEnsemble:
         }
 
     def logits(self, x: Tensor) -> Tensor:
-        return torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
+        """The members' averaged log-probabilities, with the batch's class shares where they
+        apply (scaled so that `softmax(logits / temperature)` applies them by Bayes' rule)."""
+        logits = torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
+        if self.calibration.batch_log_ratios is not None:
+            logits = logits + self.temperature * self.calibration.batch_log_ratios
+        return logits
 
     def predict_proba(self, x: Tensor) -> Tensor:
         return torch.softmax(self.logits(x) / self.temperature, dim=1)

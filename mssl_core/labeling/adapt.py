@@ -51,6 +51,9 @@ class Prediction:
     model_probabilities: np.ndarray | None = None
     review_factor: float = 1.0
     reviewed: int = 0  # the decisions `review_factor` was fitted on
+    # each class's share of the batch, estimated from the predictions, where it clearly differs
+    # from equal shares and the probabilities take it into account (class_shares.py); else None
+    batch_shares: np.ndarray | None = None
 
     @property
     def before_review(self) -> np.ndarray:
@@ -108,8 +111,16 @@ class AdaptedTask:
             return torch.softmax(self.method.logits(x) / self.temperature, dim=1)
 
     def predict(self, x: Tensor) -> Prediction:
+        log_ratios = (
+            self.method.calibration.batch_log_ratios if isinstance(self.method, SourceEnsemble) else None
+        )
         return Prediction(
-            self.classes, self.probabilities(x).numpy(), x.numpy(), self.confidence_checked, self.held_out
+            self.classes,
+            self.probabilities(x).numpy(),
+            x.numpy(),
+            self.confidence_checked,
+            self.held_out,
+            batch_shares=None if log_ratios is None else log_ratios.exp().numpy() / len(self.classes),
         )
 
 

@@ -51,6 +51,7 @@ class LabelingResult:
     seconds: dict[str, float] = field(default_factory=dict)  # model (load + support), decode, embed, adapt
     # labeled files (relative to the labeled folder) whose label looks wrong (label_issues.py)
     labels_to_check: list[tuple[str, LabelCheck]] = field(default_factory=list)
+    batch_shares: np.ndarray | None = None  # see adapt.Prediction.batch_shares
 
     @property
     def paths(self) -> list[str]:
@@ -207,7 +208,9 @@ def predict_embedded(
     if prediction.held_out is not None and task_support.paths:
         found = labels_to_check(labels.numpy(), prediction.held_out, classes)
         checks = [(task_support.paths[check.row], check) for check in found]
-    return LabelingResult(classes, rows, model.name, task_support.reason, seconds, checks)
+    return LabelingResult(
+        classes, rows, model.name, task_support.reason, seconds, checks, prediction.batch_shares
+    )
 
 
 def prediction_row(

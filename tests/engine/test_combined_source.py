@@ -158,3 +158,41 @@ def test_the_centred_imagenet_members_propagate_at_the_plain_local_scale():
     for name in PLAIN_LOCAL_SCALE:
         assert members[name].method.method.log_scale.item() == 0.0
     assert members["mobilenetv2"].method.log_scale.item() < -0.5
+
+
+def _rare_class_task(shots: int, batch_counts: tuple[int, int], seed: int = 0):
+    """Two overlapping classes in 8-d (both members informative), `shots` labeled images each."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(2, 8, generator=generator) * 0.6
+
+    def draw(labels: torch.Tensor) -> torch.Tensor:
+        return torch.cat([centres[labels] + torch.randn(len(labels), 8, generator=generator)] * 2, dim=1)
+
+    labels = torch.arange(2).repeat_interleave(shots)
+    truth = torch.cat(
+        [torch.zeros(batch_counts[0], dtype=torch.long), torch.ones(batch_counts[1], dtype=torch.long)]
+    )
+    return draw(labels), labels, draw(truth), truth
+
+
+def test_a_rare_class_in_the_batch_is_weighed_by_its_share_once_every_class_has_ten_labeled_images(
+    monkeypatch,
+):
+    support, labels, batch, truth = _rare_class_task(shots=10, batch_counts=(540, 60))
+    ensemble = _ensemble().fit(support, labels, batch)
+    assert ensemble.calibration.batch_log_ratios is not None
+    assert ensemble.calibration.batch_log_ratios[1] < 0 < ensemble.calibration.batch_log_ratios[0]
+    probabilities = ensemble.predict_proba(batch)
+    assert torch.allclose(probabilities.sum(1), torch.ones(len(batch)))
+    with_shares = (probabilities.argmax(1) == truth).float().mean()
+    monkeypatch.setattr("mssl_core.engine.combined_source.MIN_LABELED", 11)
+    without = _ensemble().fit(support, labels, batch)
+    assert without.calibration.batch_log_ratios is None
+    assert with_shares > (without.predict_proba(batch).argmax(1) == truth).float().mean() + 0.02
+
+
+def test_batch_shares_are_left_alone_with_few_labeled_images_or_an_even_batch():
+    support, labels, batch, _ = _rare_class_task(shots=5, batch_counts=(540, 60))
+    assert _ensemble().fit(support, labels, batch).calibration.batch_log_ratios is None
+    support, labels, batch, _ = _rare_class_task(shots=10, batch_counts=(300, 300))
+    assert _ensemble().fit(support, labels, batch).calibration.batch_log_ratios is None
