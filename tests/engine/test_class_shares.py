@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from mssl_core.engine.class_shares import batch_log_ratios, equal_shares_p_value, estimate_shares
+from mssl_core.engine.class_shares import (
+    batch_log_ratios,
+    describe_shares,
+    equal_shares_p_value,
+    estimate_shares,
+)
 
 
 def _posteriors(counts: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -37,3 +42,8 @@ def test_a_batch_with_equal_shares_is_left_alone():
 
 def test_an_empty_batch_has_no_shares_to_apply():
     assert batch_log_ratios(np.zeros((0, 3))) is None
+
+
+def test_the_shares_are_described_most_common_class_first():
+    text = describe_shares(["good part", "scratch", "dent"], np.array([0.07, 0.88, 0.05]))
+    assert text.startswith("the batch looks unevenly made up: about 88% scratch, 7% good part, 5% dent")
