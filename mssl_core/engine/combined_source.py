@@ -268,13 +268,14 @@ class SourceEnsemble:
         # the tuning also gained nothing on the development domains)
         if unlabeled is None or not calibration.checked or calibration.tuned_block:
             return self
-        if self.tuning is None and torch.bincount(support_labels).min() < MIN_LABELED:
+        with_shares = bool(torch.bincount(support_labels).min() >= MIN_LABELED)
+        if self.tuning is None and not with_shares:
             return self  # nothing to tune, no shares to estimate: spare the pass over the batch
         with torch.no_grad():
             frozen_members = self.member_log_probabilities(unlabeled)
             frozen = torch.softmax(torch.stack(list(frozen_members.values())).mean(0) / self.temperature, dim=1)
         tuned = self._tune(support, support_labels, unlabeled, frozen_members, frozen)
-        if torch.bincount(support_labels).min() >= MIN_LABELED:
+        if with_shares:
             # the batch's probabilities as predicted next: the tuned ones where tuning was kept
             probabilities = frozen if tuned is None else torch.softmax(tuned / self.temperature, dim=1)
             ratios = batch_log_ratios(probabilities.double().numpy())

@@ -169,8 +169,9 @@ def fit_task(
             if kept := _kept_tuning(earlier, classes, len(support)):
                 calibration = method.calibrate(labeled, labels, task_unlabeled).with_tuning_of(kept)
             method.fit(support, support_labels, task_unlabeled, calibration)
-        else:  # in review: the labeled rows' calibration and tuned last stage, remembered
-            key = _calibration_key(model, ssl, labeled, labels)
+        else:  # in review: the labeled rows' calibration, tuned last stage and batch shares, remembered
+            # per batch (its size: constant through a review, changed by an upload)
+            key = _calibration_key(model, ssl, labeled, labels, len(support) - labeled_rows + len(unlabeled))
             calibration = _recalled(key)
             if calibration is None:
                 calibration = method.calibrate(labeled, labels, task_unlabeled)
@@ -209,8 +210,10 @@ _calibrations: OrderedDict[str, Calibration] = OrderedDict()
 _calibrations_lock = threading.Lock()  # app sessions run in threads
 
 
-def _calibration_key(model: Model, ssl: SSLOptions | None, support: Tensor, labels: Tensor) -> str:
-    digest = hashlib.sha1(f"{model.fingerprint}:{model.name}:{ssl!r}".encode())
+def _calibration_key(
+    model: Model, ssl: SSLOptions | None, support: Tensor, labels: Tensor, batch_images: int
+) -> str:
+    digest = hashlib.sha1(f"{model.fingerprint}:{model.name}:{ssl!r}:{batch_images}".encode())
     digest.update(np.ascontiguousarray(support.numpy()).tobytes())
     digest.update(labels.numpy().tobytes())
     return digest.hexdigest()
