@@ -249,39 +249,56 @@ def fit_one_shot_factors(names: list[str], episodes: int = 100, seed: int = 0) -
     """The factors of `combined_source.ONE_SHOT_FACTORS`: per member of the combined source, the
     factor on its table's temperature that makes one-shot confidence right on average over the
     development domains `names` (maximum likelihood over their batch images), then the
-    ensemble's temperature on the members so calibrated. With one labeled image per class
-    nothing can be held out, so this is the best prior available; a test domain is refused."""
+    ensemble's temperature on the members so calibrated, as they are after its self-training
+    (`SourceEnsemble._self_train`). With one labeled image per class nothing can be held out,
+    so this is the best prior available; a test domain is refused."""
     chosen = [domain(name) for name in names]
     tests = [d.name for d in chosen if d.role != "development"]
     if tests:
         raise ValueError(f"choices are fitted on development domains only; got {', '.join(tests)}")
     method = default_method()
-    members = model_for(method, "combined").method.members_for(two_per_class=False)
+    ensemble = model_for(method, "combined").method
+    members = ensemble.members_for(two_per_class=False)
     logits: dict[str, list[Tensor]] = {name: [] for name in members}
-    truths = []
+    tasks, truths = [], []
     for d in chosen:
         pool = domain_pool(d, method)
         features = pool.features["combined"]
         sampler = pool.tasks(MAX_WAYS, 1, UNLABELED_PER_CLASS, seed)
         for _ in range(episodes):
             episode = sampler.sample()
-            labels = torch.from_numpy(episode.support_labels)
+            task = (
+                features[episode.support],
+                torch.from_numpy(episode.support_labels),
+                features[episode.unlabeled],
+            )
             for name, member in members.items():
                 fitted = copy.deepcopy(member)
                 with torch.no_grad():
-                    fitted.fit(features[episode.support], labels, features[episode.unlabeled])
-                    scaled = calibrated_logits(fitted, features[episode.unlabeled])
-                # tasks of fewer ways padded with classes no image can belong to
-                logits[name].append(
-                    torch.nn.functional.pad(scaled, (0, MAX_WAYS - scaled.shape[1]), value=-1e4)
-                )
+                    fitted.fit(*task)
+                    logits[name].append(_padded(calibrated_logits(fitted, task[2])))
+            tasks.append(task)
             truths.append(episode.unlabeled_labels)
     truth = torch.from_numpy(np.concatenate(truths))
     joined = {name: torch.cat(values) for name, values in logits.items()}
     factors = {name: fit_temperature(values, truth) for name, values in joined.items()}
     combined = torch.stack([torch.log_softmax(joined[n] / factors[n], dim=1) for n in members]).mean(0)
-    factors["combined"] = fit_temperature(combined, truth)
+    # the self-training picks by these factors; the ensemble's temperature is then fitted again
+    # on its scores after it (the images it labeled keep the scores that chose them)
+    ensemble.one_shot_factors = {**factors, "combined": fit_temperature(combined, truth)}
+    self_trained = []
+    for support, labels, batch in tasks:
+        fitted = copy.deepcopy(ensemble)
+        with torch.no_grad():
+            fitted.fit(support, labels, batch)
+            self_trained.append(_padded(fitted.logits(batch)))
+    factors["combined"] = fit_temperature(torch.cat(self_trained), truth)
     return {name: round(value, 3) for name, value in factors.items()}
+
+
+def _padded(logits: Tensor) -> Tensor:
+    """Logits of tasks of fewer ways padded to MAX_WAYS with classes no image can belong to."""
+    return torch.nn.functional.pad(logits, (0, MAX_WAYS - logits.shape[1]), value=-1e4)
 
 
 def _setting_rows_in_worker(args: tuple) -> list[dict]:

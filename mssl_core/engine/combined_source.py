@@ -14,7 +14,8 @@ on the user's labeled images (each predicted from the others, `calibration.held_
 averages their log-probabilities (a product of experts: a member that is unsure moves the result
 little) and fits the ensemble's own temperature on the same held-out predictions. With a single
 labeled image in some class nothing can be held out, and factors fitted on the development
-domains stand in (`crossdomain.fit_one_shot_factors`).
+domains stand in (`crossdomain.fit_one_shot_factors`); there the batch images the ensemble is
+surest of then join the labeled ones and the members are fitted again (self-training).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
@@ -43,11 +45,13 @@ from mssl_core.engine.feature_sources import (
     ImageNetStages,
     TaskCentred,
     centred_method,
+    centred_on_leading,
     is_stacked,
 )
 from mssl_core.engine.last_stage import LastStageTuning, matched_temperature
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.methods.propagation import LabelPropagation
+from mssl_core.engine.row_sets import row_fingerprints
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
 STAGES_DIM = sum(IMAGENET_STAGE_DIMS)
@@ -57,13 +61,13 @@ FINAL_DIM = IMAGENET_STAGE_DIMS[-1]
 # likelihood on 1-shot tasks of the development domains only (`crossdomain.fit_one_shot_factors`).
 # (`python -m mssl_core crossdomain --fit-one-shot --episodes 100 --domains` the five of them)
 ONE_SHOT_FACTORS = {
-    "imagenet": 2.952,
-    "final": 3.105,
+    "imagenet": 3.065,
+    "final": 3.171,
     "mobilenetv2": 4.58,
-    "conv4": 8.472,
-    "pixels": 10.956,
-    "mobilenetv3": 3.176,
-    "combined": 0.594,
+    "conv4": 8.474,
+    "pixels": 11.532,
+    "mobilenetv3": 3.331,
+    "combined": 0.631,
 }
 # A single source chosen by name (labeling.adapt) keeps the meta-learned scale (not
 # PLAIN_LOCAL_SCALE): its one-shot factor is the one fitted for that scale.
@@ -77,6 +81,10 @@ ENSEMBLE_PRIOR_SD = 0.5
 # Members left out where a class has one labeled image: a classifier fitted to one point per
 # class has no calibration to stand on (2-way 1-shot test tasks with it: 78% against 89%).
 NEEDS_TWO_PER_CLASS = ("logreg", "mobilenetv3-logreg")
+# Self-training where a class has one labeled image (`SourceEnsemble._self_train`): the batch
+# images each class is surest of, up to this share of an even split of the batch, join the
+# labeled ones. Chosen on the development domains (1-shot, 60 tasks a row, docs/crossdomain.md).
+SELF_TRAINING_SHARE = 0.5
 # Members (centred ImageNet features) whose graph uses the plain local scale (the distance to a
 # node's 3rd neighbour) instead of the 0.40 of it meta-learned with the head's features: labels
 # travel further. Development domains, against the learned scale: 5-way 1-shot (40 tasks each)
@@ -211,6 +219,9 @@ class SourceEnsemble:
         self.uses_unlabeled, self.meta_trained = first.uses_unlabeled, first.meta_trained
         self.calibration = Calibration({}, 1.0, False)  # until fitted
         self._fitted_rows: tuple[tuple[Tensor, ...], Tensor] | None = None  # see `_fit_members`
+        # the batch images self-training gave a label (their fingerprints), with the scores
+        # that gave it (see `_self_train`)
+        self._self_labeled: tuple[np.ndarray, Tensor] | None = None
 
     @property
     def factors(self) -> dict[str, float]:
@@ -257,12 +268,17 @@ class SourceEnsemble:
         is then tuned to the task (last_stage.py, with `tuning`) and the batch's class shares
         estimated (class_shares.py), unless `calibration` brings a tuned block already, as
         `self.calibration` does after this fit: the review loop passes it back to refit fast,
-        with the shares of the batch it was first fitted to."""
+        with the shares of the batch it was first fitted to. With a batch and confidence not
+        checked (a class with one labeled image), the members are self-trained instead
+        (`_self_train`)."""
         calibration = calibration or self.calibrate(support, support_labels, unlabeled)
-        self.calibration = calibration
+        self.calibration, self._self_labeled = calibration, None
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
         self._fit_members(support, support_labels, unlabeled)
+        if unlabeled is not None and not calibration.checked:
+            self._self_train(support, support_labels, unlabeled)
+            return self
         # tuned only where confidence was checked on the user's images: the tuned ensemble's
         # temperature is matched to the frozen one's, which must itself be right (at one shot
         # the tuning also gained nothing on the development domains)
@@ -282,6 +298,37 @@ class SourceEnsemble:
             if ratios is not None:
                 self.calibration = replace(self.calibration, batch_log_ratios=torch.from_numpy(ratios).float())
         return self
+
+    def _self_train(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor) -> None:
+        """Where a class has a single labeled image: the batch images the ensemble is surest of,
+        up to SELF_TRAINING_SHARE of an even share of the batch for each class, join the labeled
+        ones with the class it gives them, and every member is fitted again. As many for every
+        class the batch allows, so that the class most of the batch is given does not grow on
+        its own; the user's labeled images alone still place the centre."""
+        with torch.no_grad():
+            first = self.logits(unlabeled)
+        confidence, predicted = torch.softmax(first / self.temperature, dim=1).max(1)
+        ways = int(support_labels.max()) + 1
+        per_class = round(SELF_TRAINING_SHARE * len(unlabeled) / ways)
+        picked = []
+        for c in range(ways):
+            rows = (predicted == c).nonzero().squeeze(1)
+            picked.append(rows[confidence[rows].argsort(descending=True)[:per_class]])
+        chosen = torch.cat(picked)
+        if not len(chosen):
+            return
+        rest = torch.ones(len(unlabeled), dtype=torch.bool)
+        rest[chosen] = False
+        with centred_on_leading(self, len(support)):
+            self._fit_members(
+                torch.cat([support, unlabeled[chosen]]),
+                torch.cat([support_labels, predicted[chosen]]),
+                unlabeled[rest],
+            )
+        # fitted to, an image is then predicted near-certain, right or not (development tasks,
+        # OpenArena 5-way 1-shot: 94% promised at >= 0.9 confidence, 86% right): it keeps the
+        # scores that chose it, and only the other images take the refitted members' word
+        self._self_labeled = (row_fingerprints(unlabeled[chosen]), first[chosen])
 
     def _tune(
         self,
@@ -363,6 +410,10 @@ class SourceEnsemble:
         """The members' averaged log-probabilities, with the batch's class shares where they
         apply (scaled so that `softmax(logits / temperature)` applies them by Bayes' rule)."""
         logits = torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
+        if self._self_labeled is not None:
+            fingerprints, first = self._self_labeled
+            rows, found = _rows_among(row_fingerprints(x), fingerprints)
+            logits[torch.from_numpy(rows)] = first[torch.from_numpy(found)]
         if self.calibration.batch_log_ratios is not None:
             logits = logits + self.temperature * self.calibration.batch_log_ratios
         return logits
@@ -382,6 +433,14 @@ def _use_plain_local_scale(member: TaskCentred) -> None:
     if isinstance(member.method, LabelPropagation):
         with torch.no_grad():
             member.method.log_scale.zero_()
+
+
+def _rows_among(fingerprints: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose fingerprint is among `known`, and where in `known` each is."""
+    order = np.argsort(known)
+    at = np.minimum(np.searchsorted(known[order], fingerprints), len(known) - 1)
+    rows = np.flatnonzero(known[order][at] == fingerprints)
+    return rows, order[at[rows]]
 
 
 def _overlap(a: slice, b: slice) -> bool:

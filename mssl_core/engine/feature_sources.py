@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -192,11 +194,32 @@ def _labeled_rows_key(fingerprints: np.ndarray, labels: Tensor) -> str:
 def centre_on(method: object, rows: int | None) -> None:
     """Centre every task-centred part of `method` (through wrappers and an ensemble's members)
     on the leading `rows` support rows of its next fits (None: all of them)."""
+    for part in _task_centred_parts(method):
+        part.centre_rows = rows
+
+
+@contextmanager
+def centred_on_leading(method: object, rows: int) -> Iterator[None]:
+    """Within the block, every task-centred part of `method` centres on at most the leading
+    `rows` support rows (fewer where it already centres on fewer); as before afterwards."""
+    parts = list(_task_centred_parts(method))
+    kept = [part.centre_rows for part in parts]
+    for part in parts:
+        part.centre_rows = rows if part.centre_rows is None else min(part.centre_rows, rows)
+    try:
+        yield
+    finally:
+        for part, centre_rows in zip(parts, kept, strict=True):
+            part.centre_rows = centre_rows
+
+
+def _task_centred_parts(method: object) -> Iterator[TaskCentred]:
+    """The task-centred parts of `method`, through wrappers and an ensemble's members."""
     if isinstance(method, TaskCentred):
-        method.centre_rows = rows
+        yield method
     for inner in [getattr(method, "method", None), *getattr(method, "members", {}).values()]:
         if inner is not None:
-            centre_on(inner, rows)
+            yield from _task_centred_parts(inner)
 
 
 def is_stacked(x: Tensor, parts: tuple[Tensor, ...]) -> bool:

@@ -196,3 +196,48 @@ def test_batch_shares_are_left_alone_with_few_labeled_images_or_an_even_batch():
     assert _ensemble().fit(support, labels, batch).calibration.batch_log_ratios is None
     support, labels, batch, _ = _rare_class_task(shots=10, batch_counts=(300, 300))
     assert _ensemble().fit(support, labels, batch).calibration.batch_log_ratios is None
+
+
+def test_with_one_labeled_image_per_class_the_surest_batch_images_join_the_labeled_ones(monkeypatch):
+    """Self-training where confidence cannot be checked: over ten tasks whose single labeled
+    images place the classes poorly, it labels more of the batch right."""
+    from mssl_core.engine import combined_source
+
+    gains = []
+    for seed in range(10):
+        support, labels, batch, truth = _two_sources(shots=1, seed=seed, spread=1.5)
+        accuracy = []
+        for share in (0.0, 0.5):  # 0.0: no batch image joins, the ensemble as fitted first
+            monkeypatch.setattr(combined_source, "SELF_TRAINING_SHARE", share)
+            ensemble = _ensemble({"informative": 1.0, "noise": 9.0, "combined": 1.0}).fit(
+                support, labels, batch
+            )
+            accuracy.append((ensemble.predict_proba(batch).argmax(1) == truth).float().mean().item())
+        gains.append(accuracy[1] - accuracy[0])
+    assert np.mean(gains) > 0.05
+
+
+def test_with_two_labeled_images_per_class_nothing_is_self_trained(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("self-trained where confidence was checked")
+
+    monkeypatch.setattr(SourceEnsemble, "_self_train", refuse)
+    support, labels, batch, _ = _two_sources(shots=2)
+    assert _ensemble().fit(support, labels, batch).checked
+
+
+def test_images_labeled_by_self_training_keep_the_confidence_that_chose_them(monkeypatch):
+    from mssl_core.engine import combined_source
+
+    support, labels, batch, _ = _two_sources(shots=1, seed=8, spread=1.5)
+    factors = {"informative": 1.0, "noise": 9.0, "combined": 1.0}
+    monkeypatch.setattr(combined_source, "SELF_TRAINING_SHARE", 0.0)
+    first = _ensemble(factors).fit(support, labels, batch).predict_proba(batch)
+    monkeypatch.setattr(combined_source, "SELF_TRAINING_SHARE", 0.5)
+    ensemble = _ensemble(factors).fit(support, labels, batch)
+    after = ensemble.predict_proba(batch)
+    kept = torch.isclose(after, first).all(1)
+    # at most 10 per class (half an even share of 60 images) keep the first probabilities
+    assert 0 < kept.sum() <= 30 and not kept.all()
+    # found again in any order, as review passes the batch
+    assert torch.allclose(ensemble.predict_proba(batch.flip(0)), after.flip(0), atol=1e-6)

@@ -3,7 +3,7 @@
 import torch
 
 from mssl_core.engine import feature_sources, row_sets
-from mssl_core.engine.feature_sources import TaskCentred, centre_on, class_centre
+from mssl_core.engine.feature_sources import TaskCentred, centre_on, centred_on_leading, class_centre
 from mssl_core.engine.methods import make_method
 
 
@@ -61,3 +61,15 @@ def test_a_relabeled_image_moves_the_centre_of_a_remembered_task(monkeypatch):
     moved = centred(support, relabeled, batch).mean
     assert not torch.allclose(first, moved)
     assert torch.equal(centred(support, labels, batch).mean, first)  # remembered: the same bits
+
+
+def test_centring_on_the_leading_rows_lasts_the_block_only():
+    wrapped = TaskCentred(make_method("protonet"), (4,), None, 8, 1.0)
+    centre_on(wrapped, None)
+    with centred_on_leading(wrapped, 6):
+        assert wrapped.centre_rows == 6
+    assert wrapped.centre_rows is None
+    centre_on(wrapped, 3)  # in review: already on fewer rows, which stay
+    with centred_on_leading(wrapped, 6):
+        assert wrapped.centre_rows == 3
+    assert wrapped.centre_rows == 3
