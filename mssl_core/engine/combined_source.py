@@ -51,7 +51,7 @@ from mssl_core.engine.feature_sources import (
 from mssl_core.engine.last_stage import LastStageTuning, matched_temperature
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.methods.propagation import LabelPropagation
-from mssl_core.engine.row_sets import row_fingerprints
+from mssl_core.engine.row_sets import row_fingerprints, rows_among
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
 STAGES_DIM = sum(IMAGENET_STAGE_DIMS)
@@ -305,11 +305,13 @@ class SourceEnsemble:
         ones with the class it gives them, and every member is fitted again. As many for every
         class the batch allows, so that the class most of the batch is given does not grow on
         its own; the user's labeled images alone still place the centre."""
+        ways = int(support_labels.max()) + 1
+        per_class = round(SELF_TRAINING_SHARE * len(unlabeled) / ways)
+        if not per_class:
+            return
         with torch.no_grad():
             first = self.logits(unlabeled)
         confidence, predicted = torch.softmax(first / self.temperature, dim=1).max(1)
-        ways = int(support_labels.max()) + 1
-        per_class = round(SELF_TRAINING_SHARE * len(unlabeled) / ways)
         picked = []
         for c in range(ways):
             rows = (predicted == c).nonzero().squeeze(1)
@@ -412,7 +414,7 @@ class SourceEnsemble:
         logits = torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
         if self._self_labeled is not None:
             fingerprints, first = self._self_labeled
-            rows, found = _rows_among(row_fingerprints(x), fingerprints)
+            rows, found = rows_among(row_fingerprints(x), fingerprints)
             logits[torch.from_numpy(rows)] = first[torch.from_numpy(found)]
         if self.calibration.batch_log_ratios is not None:
             logits = logits + self.temperature * self.calibration.batch_log_ratios
@@ -433,14 +435,6 @@ def _use_plain_local_scale(member: TaskCentred) -> None:
     if isinstance(member.method, LabelPropagation):
         with torch.no_grad():
             member.method.log_scale.zero_()
-
-
-def _rows_among(fingerprints: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows whose fingerprint is among `known`, and where in `known` each is."""
-    order = np.argsort(known)
-    at = np.minimum(np.searchsorted(known[order], fingerprints), len(known) - 1)
-    rows = np.flatnonzero(known[order][at] == fingerprints)
-    return rows, order[at[rows]]
 
 
 def _overlap(a: slice, b: slice) -> bool:

@@ -106,10 +106,11 @@ class TaskCentred(MethodWrapper):
         # user labeled, so that a decision leaves the centre, and every image's features, as
         # they were (`centre_on`)
         self.centre_rows: int | None = None
-        # the task's images as `fit` took them (labeled, then unlabeled), and their features,
-        # for the prediction that follows the fit (the review step predicts the very rows it
-        # adapted to); let go then, so an adapted task that is kept holds no copy of its images
-        self.task: tuple[tuple[Tensor, ...], Tensor] | None = None
+        # the task's images as `fit` took them (labeled, then unlabeled), their features and
+        # fingerprints (None for a small task), for the prediction that follows the fit (the
+        # review step predicts the very rows it adapted to; self-training, the batch alone, in
+        # another order); let go then, so an adapted task that is kept holds no copy of its images
+        self.task: tuple[tuple[Tensor, ...], Tensor, np.ndarray | None] | None = None
 
     def _powered(self, x: Tensor) -> Tensor:
         if self.power is None:
@@ -120,8 +121,14 @@ class TaskCentred(MethodWrapper):
     def transform(self, x: Tensor) -> Tensor:
         """Features of `x` centred on the fitted task, normalised and projected."""
         task, self.task = self.task, None
-        if task is not None and is_stacked(x, task[0]):
-            return task[1]
+        if task is not None:
+            parts, mapped, fingerprints = task
+            if is_stacked(x, parts):
+                return mapped
+            if fingerprints is not None and len(x) >= row_sets.SMALLEST:
+                rows, found = row_sets.rows_among(row_fingerprints(x), fingerprints)
+                if len(rows) == len(x):  # every row one the fit mapped
+                    return mapped[torch.from_numpy(found)]
         return self._mapped(self._powered(x.float()))
 
     def _mapped(self, powered: Tensor) -> Tensor:
@@ -134,17 +141,20 @@ class TaskCentred(MethodWrapper):
     def fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None = None) -> TaskCentred:
         parts = (support,) if unlabeled is None else (support, unlabeled)
         centred_on = len(support) if self.centre_rows is None else min(self.centre_rows, len(support))
-        mapped = self._task_features(parts, support_labels[:centred_on])
-        self.task = (parts, mapped)
+        mapped, fingerprints = self._task_features(parts, support_labels[:centred_on])
+        self.task = (parts, mapped, fingerprints)
         mapped_unlabeled = None if unlabeled is None else mapped[len(support) :]
         self.method.fit(mapped[: len(support)], support_labels, mapped_unlabeled)
         return self
 
-    def _task_features(self, parts: tuple[Tensor, ...], centre_labels: Tensor) -> Tensor:
+    def _task_features(
+        self, parts: tuple[Tensor, ...], centre_labels: Tensor
+    ) -> tuple[Tensor, np.ndarray | None]:
         """The task's images (`parts` stacked) centred on the middle of the classes of the
         leading `len(centre_labels)` rows (which this sets), normalised and projected;
         remembered for the same images in another order, as in review, where computing them
-        again took most of a re-adaptation at 10,000 images."""
+        again took most of a re-adaptation at 10,000 images. With the rows' fingerprints, where
+        the task is large enough to remember."""
         fingerprints, tag = None, None
         if sum(map(len, parts)) >= row_sets.SMALLEST and not any(p.requires_grad for p in parts):
             # part by part: joining them first would copy the batch only to recognise it
@@ -154,7 +164,7 @@ class TaskCentred(MethodWrapper):
             found = _centred_tasks.get(tag, fingerprints)
             if found is not None:
                 self.mean, mapped, computed_order = found
-                return mapped[torch.from_numpy(to_old_order(computed_order, fingerprints))]
+                return mapped[torch.from_numpy(to_old_order(computed_order, fingerprints))], fingerprints
         powered = self._powered(torch.cat(parts).float())
         self.mean = class_centre(powered[: len(centre_labels)], centre_labels)
         # one call for all of them: matrix products round a row differently in a batch of
@@ -162,7 +172,7 @@ class TaskCentred(MethodWrapper):
         mapped = self._mapped(powered)
         if tag is not None:
             _centred_tasks.put(tag, fingerprints, (self.mean, mapped, fingerprints))
-        return mapped
+        return mapped, fingerprints
 
     @property
     def _tag(self) -> str:

@@ -45,6 +45,14 @@ def to_old_order(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     return to_old
 
 
+def rows_among(fingerprints: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose fingerprint is among `known`, and where in `known` each is."""
+    order = np.argsort(known, kind="stable")
+    at = np.minimum(np.searchsorted(known[order], fingerprints), len(known) - 1)
+    rows = np.flatnonzero(known[order][at] == fingerprints)
+    return rows, order[at[rows]]
+
+
 class RowSetMemory:
     """Values computed for the last `capacity` row sets, each under a tag saying what was
     computed and how; the least recently used are forgotten first. A value that depends on the

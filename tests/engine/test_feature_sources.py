@@ -73,3 +73,21 @@ def test_centring_on_the_leading_rows_lasts_the_block_only():
     with centred_on_leading(wrapped, 6):
         assert wrapped.centre_rows == 3
     assert wrapped.centre_rows == 3
+
+
+def test_the_batch_alone_in_another_order_takes_the_features_its_fit_computed(monkeypatch):
+    """Self-training predicts the batch without the labeled images, and in another order."""
+    generator = torch.Generator().manual_seed(3)
+    wrapped = TaskCentred(make_method("protonet"), (4,), None, 8, 1.0)
+    support, labels = torch.randn(6, 4, generator=generator), torch.arange(3).repeat(2)
+    batch = torch.randn(row_sets.SMALLEST, 4, generator=generator)
+    wrapped.fit(support, labels, batch)
+    expected = wrapped._mapped(batch)
+    computed = []
+    original = TaskCentred._mapped
+    monkeypatch.setattr(TaskCentred, "_mapped", lambda self, x: computed.append(len(x)) or original(self, x))
+    assert torch.allclose(wrapped.transform(batch.flip(0)), expected.flip(0), atol=1e-6)
+    assert not computed
+    # once only: a kept task holds no copy of its images
+    wrapped.transform(batch)
+    assert computed == [len(batch)]
