@@ -316,9 +316,7 @@ class SourceEnsemble:
         for c in range(ways):
             rows = (predicted == c).nonzero().squeeze(1)
             picked.append(rows[confidence[rows].argsort(descending=True)[:per_class]])
-        chosen = torch.cat(picked)
-        if not len(chosen):
-            return
+        chosen = torch.cat(picked)  # never empty: every image is given some class
         rest = torch.ones(len(unlabeled), dtype=torch.bool)
         rest[chosen] = False
         with centred_on_leading(self, len(support)):
@@ -409,8 +407,9 @@ class SourceEnsemble:
         }
 
     def logits(self, x: Tensor) -> Tensor:
-        """The members' averaged log-probabilities, with the batch's class shares where they
-        apply (scaled so that `softmax(logits / temperature)` applies them by Bayes' rule)."""
+        """The members' averaged log-probabilities (for images self-training labeled, those that
+        chose them), with the batch's class shares where they apply (scaled so that
+        `softmax(logits / temperature)` applies them by Bayes' rule)."""
         logits = torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
         if self._self_labeled is not None:
             fingerprints, first = self._self_labeled
