@@ -14,8 +14,8 @@ on the user's labeled images (each predicted from the others, `calibration.held_
 averages their log-probabilities (a product of experts: a member that is unsure moves the result
 little) and fits the ensemble's own temperature on the same held-out predictions. With a single
 labeled image in some class nothing can be held out, and factors fitted on the development
-domains stand in (`crossdomain.fit_one_shot_factors`); there the batch images the ensemble is
-surest of then join the labeled ones and the members are fitted again (self-training).
+domains stand in (`crossdomain.fit_one_shot_factors`). Last, the batch images the ensemble is
+surest of join the labeled ones and the members are fitted again (self-training).
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ ENSEMBLE_PRIOR_SD = 0.5
 # Members left out where a class has one labeled image: a classifier fitted to one point per
 # class has no calibration to stand on (2-way 1-shot test tasks with it: 78% against 89%).
 NEEDS_TWO_PER_CLASS = ("logreg", "mobilenetv3-logreg")
-# Self-training where a class has one labeled image (`SourceEnsemble._self_train`): the batch
-# images each class is surest of, up to this share of an even split of the batch, join the
-# labeled ones. Chosen on the development domains (1-shot, 60 tasks a row, docs/crossdomain.md).
+# Self-training (`SourceEnsemble._self_train`): the batch images each class is surest of, up to
+# this share of an even split of the batch, join the labeled ones. Chosen on the development
+# domains at 1 shot (60 tasks a row), confirmed at 5 and 10 (docs/crossdomain.md).
 SELF_TRAINING_SHARE = 0.5
 # Members (centred ImageNet features) whose graph uses the plain local scale (the distance to a
 # node's 3rd neighbour) instead of the 0.40 of it meta-learned with the head's features: labels
@@ -167,6 +167,17 @@ class Sliced(MethodWrapper):
 
 
 @dataclass(frozen=True)
+class SelfLabeled:
+    """Batch images self-training gave a label: their fingerprints (row_sets.py, so that they are
+    found in any order), the labels and the ensemble's logits that chose them (without the batch's
+    class shares, which are applied on top)."""
+
+    fingerprints: np.ndarray
+    labels: Tensor
+    logits: Tensor
+
+
+@dataclass(frozen=True)
 class Calibration:
     """How an ensemble turns its members' scores into confidence for one task."""
 
@@ -182,6 +193,9 @@ class Calibration:
     # log(share in the batch / among the labeled images) per class, added to the scaled logits
     # where the batch's make-up clearly differs (class_shares.py); None: equal shares
     batch_log_ratios: Tensor | None = None
+    # the batch images self-training labeled (`SourceEnsemble._self_train`); a refit passed this
+    # calibration back (review) labels them so again rather than choosing anew
+    self_labeled: SelfLabeled | None = None
 
     def with_tuning_of(self, earlier: Calibration) -> Calibration:
         """This (frozen) calibration, measured on a grown labeled set, with the block tuned for
@@ -219,9 +233,6 @@ class SourceEnsemble:
         self.uses_unlabeled, self.meta_trained = first.uses_unlabeled, first.meta_trained
         self.calibration = Calibration({}, 1.0, False)  # until fitted
         self._fitted_rows: tuple[tuple[Tensor, ...], Tensor] | None = None  # see `_fit_members`
-        # the batch images self-training gave a label (their fingerprints), with the scores
-        # that gave it (see `_self_train`)
-        self._self_labeled: tuple[np.ndarray, Tensor] | None = None
 
     @property
     def factors(self) -> dict[str, float]:
@@ -266,27 +277,34 @@ class SourceEnsemble:
         """Fit every active member to the task; `calibration` as `calibrate` gives it (computed
         here from `support` when not given). With a batch and confidence checked, the last stage
         is then tuned to the task (last_stage.py, with `tuning`) and the batch's class shares
-        estimated (class_shares.py), unless `calibration` brings a tuned block already, as
-        `self.calibration` does after this fit: the review loop passes it back to refit fast,
-        with the shares of the batch it was first fitted to. With a batch and confidence not
-        checked (a class with one labeled image), the members are self-trained instead
-        (`_self_train`)."""
+        estimated (class_shares.py); then, with any batch, the members are self-trained
+        (`_self_train`). `self.calibration` after this fit brings all of that: the review loop
+        passes it back to refit fast, with the tuned block, shares and self-labeled images of the
+        batch it was first fitted to."""
         calibration = calibration or self.calibrate(support, support_labels, unlabeled)
-        self.calibration, self._self_labeled = calibration, None
+        self.calibration = calibration
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
+        if unlabeled is not None and calibration.self_labeled is not None:
+            self._fit_with(calibration.self_labeled, support, support_labels, unlabeled)
+            return self
         self._fit_members(support, support_labels, unlabeled)
-        if unlabeled is not None and not calibration.checked:
-            self._self_train(support, support_labels, unlabeled)
+        if unlabeled is None:
             return self
         # tuned only where confidence was checked on the user's images: the tuned ensemble's
         # temperature is matched to the frozen one's, which must itself be right (at one shot
         # the tuning also gained nothing on the development domains)
-        if unlabeled is None or not calibration.checked or calibration.tuned_block:
-            return self
+        if calibration.checked and not calibration.tuned_block:
+            self._tune_and_share(support, support_labels, unlabeled)
+        self._self_train(support, support_labels, unlabeled)
+        return self
+
+    def _tune_and_share(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor) -> None:
+        """The last stage tuned to the task where it helps, and the batch's class shares where
+        they clearly differ, both kept in `self.calibration`."""
         with_shares = bool(torch.bincount(support_labels).min() >= MIN_LABELED)
         if self.tuning is None and not with_shares:
-            return self  # nothing to tune, no shares to estimate: spare the pass over the batch
+            return  # nothing to tune, no shares to estimate: spare the pass over the batch
         with torch.no_grad():
             frozen_members = self.member_log_probabilities(unlabeled)
             frozen = torch.softmax(torch.stack(list(frozen_members.values())).mean(0) / self.temperature, dim=1)
@@ -297,14 +315,13 @@ class SourceEnsemble:
             ratios = batch_log_ratios(probabilities.double().numpy())
             if ratios is not None:
                 self.calibration = replace(self.calibration, batch_log_ratios=torch.from_numpy(ratios).float())
-        return self
 
     def _self_train(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor) -> None:
-        """Where a class has a single labeled image: the batch images the ensemble is surest of,
-        up to SELF_TRAINING_SHARE of an even share of the batch for each class, join the labeled
-        ones with the class it gives them, and every member is fitted again. As many for every
-        class the batch allows, so that the class most of the batch is given does not grow on
-        its own; the user's labeled images alone still place the centre."""
+        """The batch images the ensemble is surest of, up to SELF_TRAINING_SHARE of an even share
+        of the batch for each class, join the labeled ones with the class it gives them, and
+        every member is fitted again. As many for every class the batch allows, so that the class
+        most of the batch is given does not grow on its own; the user's labeled images alone
+        still place the centre."""
         ways = int(support_labels.max()) + 1
         per_class = round(SELF_TRAINING_SHARE * len(unlabeled) / ways)
         if not per_class:
@@ -317,18 +334,29 @@ class SourceEnsemble:
             rows = (predicted == c).nonzero().squeeze(1)
             picked.append(rows[confidence[rows].argsort(descending=True)[:per_class]])
         chosen = torch.cat(picked)  # never empty: every image is given some class
-        rest = torch.ones(len(unlabeled), dtype=torch.bool)
-        rest[chosen] = False
-        with centred_on_leading(self, len(support)):
-            self._fit_members(
-                torch.cat([support, unlabeled[chosen]]),
-                torch.cat([support_labels, predicted[chosen]]),
-                unlabeled[rest],
-            )
+        if self.calibration.batch_log_ratios is not None:
+            first = first - self.temperature * self.calibration.batch_log_ratios  # `logits` adds them
         # fitted to, an image is then predicted near-certain, right or not (development tasks,
         # OpenArena 5-way 1-shot: 94% promised at >= 0.9 confidence, 86% right): it keeps the
         # scores that chose it, and only the other images take the refitted members' word
-        self._self_labeled = (row_fingerprints(unlabeled[chosen]), first[chosen])
+        self_labeled = SelfLabeled(row_fingerprints(unlabeled[chosen]), predicted[chosen], first[chosen])
+        self._fit_with(self_labeled, support, support_labels, unlabeled)
+        self.calibration = replace(self.calibration, self_labeled=self_labeled)
+
+    def _fit_with(
+        self, self_labeled: SelfLabeled, support: Tensor, support_labels: Tensor, unlabeled: Tensor
+    ) -> None:
+        """Fit the members with the self-labeled images still in `unlabeled` (found by their
+        fingerprints) among the labeled ones; the centre stays on `support`."""
+        rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
+        rest = np.ones(len(unlabeled), dtype=bool)
+        rest[rows] = False
+        with centred_on_leading(self, len(support)):
+            self._fit_members(
+                torch.cat([support, unlabeled[torch.from_numpy(rows)]]),
+                torch.cat([support_labels, self_labeled.labels[torch.from_numpy(found)]]),
+                unlabeled[torch.from_numpy(rest)],
+            )
 
     def _tune(
         self,
@@ -411,10 +439,9 @@ class SourceEnsemble:
         chose them), with the batch's class shares where they apply (scaled so that
         `softmax(logits / temperature)` applies them by Bayes' rule)."""
         logits = torch.stack(list(self.member_log_probabilities(x).values())).mean(0)
-        if self._self_labeled is not None:
-            fingerprints, first = self._self_labeled
-            rows, found = rows_among(row_fingerprints(x), fingerprints)
-            logits[torch.from_numpy(rows)] = first[torch.from_numpy(found)]
+        if (self_labeled := self.calibration.self_labeled) is not None:
+            rows, found = rows_among(row_fingerprints(x), self_labeled.fingerprints)
+            logits[torch.from_numpy(rows)] = self_labeled.logits[torch.from_numpy(found)]
         if self.calibration.batch_log_ratios is not None:
             logits = logits + self.temperature * self.calibration.batch_log_ratios
         return logits
