@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -286,7 +287,7 @@ class SourceEnsemble:
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
         if unlabeled is not None and calibration.self_labeled is not None:
-            self._fit_with(calibration.self_labeled, support, support_labels, unlabeled)
+            self._fit_members(support, support_labels, unlabeled, self_labeled=calibration.self_labeled)
             return self
         self._fit_members(support, support_labels, unlabeled)
         if unlabeled is None:
@@ -340,23 +341,8 @@ class SourceEnsemble:
         # OpenArena 5-way 1-shot: 94% promised at >= 0.9 confidence, 86% right): it keeps the
         # scores that chose it, and only the other images take the refitted members' word
         self_labeled = SelfLabeled(row_fingerprints(unlabeled[chosen]), predicted[chosen], first[chosen])
-        self._fit_with(self_labeled, support, support_labels, unlabeled)
+        self._fit_members(support, support_labels, unlabeled, self_labeled=self_labeled)
         self.calibration = replace(self.calibration, self_labeled=self_labeled)
-
-    def _fit_with(
-        self, self_labeled: SelfLabeled, support: Tensor, support_labels: Tensor, unlabeled: Tensor
-    ) -> None:
-        """Fit the members with the self-labeled images still in `unlabeled` (found by their
-        fingerprints) among the labeled ones; the centre stays on `support`."""
-        rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
-        rest = np.ones(len(unlabeled), dtype=bool)
-        rest[rows] = False
-        with centred_on_leading(self, len(support)):
-            self._fit_members(
-                torch.cat([support, unlabeled[torch.from_numpy(rows)]]),
-                torch.cat([support_labels, self_labeled.labels[torch.from_numpy(found)]]),
-                unlabeled[torch.from_numpy(rest)],
-            )
 
     def _tune(
         self,
@@ -387,16 +373,37 @@ class SourceEnsemble:
         return logits
 
     def _fit_members(
-        self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None, names: list[str] | None = None
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        unlabeled: Tensor | None,
+        names: list[str] | None = None,
+        self_labeled: SelfLabeled | None = None,
     ) -> None:
-        """Fit the active members (those of `names` only, where given)."""
+        """Fit the active members (those of `names` only, where given); with `self_labeled`, its
+        images still in `unlabeled` (found by their fingerprints) join the labeled ones, while
+        the centre stays on `support`."""
+        joined = None
+        if self_labeled is not None and unlabeled is not None:
+            rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
+            joined = torch.from_numpy(rows), self_labeled.labels[torch.from_numpy(found)]
         parts = (support,) if unlabeled is None else (support, unlabeled)
         if self.tuning is not None and self.tuning.tuned_block is not None:
-            # one tensor, the parts its views: predicting the same rows then finds them (_tuned)
-            rows = self.tuning.transform(*parts)
-            self._fitted_rows = (parts, rows)
-            support, unlabeled = rows[: len(support)], None if unlabeled is None else rows[len(support) :]
-        with torch.no_grad():
+            # one tensor, the parts its views: predicting the same rows (or the batch alone, in
+            # its order) then finds them (_tuned)
+            tuned = self.tuning.transform(*parts)
+            self._fitted_rows = (parts, tuned)
+            support, unlabeled = tuned[: len(support)], None if unlabeled is None else tuned[len(support) :]
+        centring = nullcontext()
+        if joined is not None:
+            rows, labels = joined
+            rest = torch.ones(len(unlabeled), dtype=torch.bool)
+            rest[rows] = False
+            centring = centred_on_leading(self, len(support))
+            support = torch.cat([support, unlabeled[rows]])
+            support_labels = torch.cat([support_labels, labels])
+            unlabeled = unlabeled[rest]
+        with torch.no_grad(), centring:
             for name, member in self.active_members().items():
                 if names is None or name in names:
                     member.fit(support, support_labels, unlabeled)

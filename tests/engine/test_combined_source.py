@@ -241,17 +241,15 @@ def test_a_refit_with_the_calibration_passed_back_labels_the_same_batch_images_w
     self_labeled = calibration.self_labeled
     decided = int(np.flatnonzero(np.isin(_fingerprints(batch), self_labeled.fingerprints))[0])
     fitted = []
-    original = SourceEnsemble._fit_members
+    original = Sliced.fit
     monkeypatch.setattr(
-        SourceEnsemble,
-        "_fit_members",
-        lambda self, s, y, *a, **k: fitted.append(len(s)) or original(self, s, y, *a, **k),
+        Sliced, "fit", lambda self, s, *a, **k: fitted.append(len(s)) or original(self, s, *a, **k)
     )
     rest = torch.cat([batch[:decided], batch[decided + 1 :]])
     _ensemble().fit(
         torch.cat([support, batch[decided : decided + 1]]), torch.cat([labels, labels[:1]]), rest, calibration
     )
-    assert fitted == [len(support) + len(self_labeled.labels)]
+    assert fitted == [len(support) + len(self_labeled.labels)] * 2  # both members
 
 
 def _fingerprints(rows: torch.Tensor) -> np.ndarray:
