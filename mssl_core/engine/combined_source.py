@@ -286,10 +286,8 @@ class SourceEnsemble:
         self.calibration = calibration
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
-        if unlabeled is not None and (self_labeled := calibration.self_labeled) is not None:
-            rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
-            joined = torch.from_numpy(rows), self_labeled.labels[torch.from_numpy(found)]
-            self._fit_members(support, support_labels, unlabeled, joined=joined)
+        if unlabeled is not None and calibration.self_labeled is not None:
+            self._fit_members(support, support_labels, unlabeled, self_labeled=calibration.self_labeled)
             return self
         self._fit_members(support, support_labels, unlabeled)
         if unlabeled is None:
@@ -342,9 +340,8 @@ class SourceEnsemble:
         # fitted to, an image is then predicted near-certain, right or not (development tasks,
         # OpenArena 5-way 1-shot: 94% promised at >= 0.9 confidence, 86% right): it keeps the
         # scores that chose it, and only the other images take the refitted members' word
-        fingerprints = row_fingerprints(unlabeled)[chosen.numpy()]
-        self_labeled = SelfLabeled(fingerprints, predicted[chosen], first[chosen])
-        self._fit_members(support, support_labels, unlabeled, joined=(chosen, self_labeled.labels))
+        self_labeled = SelfLabeled(row_fingerprints(unlabeled[chosen]), predicted[chosen], first[chosen])
+        self._fit_members(support, support_labels, unlabeled, self_labeled=self_labeled)
         self.calibration = replace(self.calibration, self_labeled=self_labeled)
 
     def _tune(
@@ -381,11 +378,15 @@ class SourceEnsemble:
         support_labels: Tensor,
         unlabeled: Tensor | None,
         names: list[str] | None = None,
-        joined: tuple[Tensor, Tensor] | None = None,
+        self_labeled: SelfLabeled | None = None,
     ) -> None:
-        """Fit the active members (those of `names` only, where given); with `joined` (rows of
-        `unlabeled`, their labels), those batch images join the labeled ones, while the centre
-        stays on `support` (self-training)."""
+        """Fit the active members (those of `names` only, where given); with `self_labeled`, its
+        images still in `unlabeled` (found by their fingerprints) join the labeled ones, while
+        the centre stays on `support`."""
+        joined = None
+        if self_labeled is not None and unlabeled is not None:
+            rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
+            joined = torch.from_numpy(rows), self_labeled.labels[torch.from_numpy(found)]
         parts = (support,) if unlabeled is None else (support, unlabeled)
         if self.tuning is not None and self.tuning.tuned_block is not None:
             # one tensor, the parts its views: predicting the same rows (or the batch alone, in
