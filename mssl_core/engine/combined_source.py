@@ -52,7 +52,7 @@ from mssl_core.engine.feature_sources import (
 from mssl_core.engine.last_stage import LastStageTuning, matched_temperature
 from mssl_core.engine.methods import make_method
 from mssl_core.engine.methods.propagation import LabelPropagation
-from mssl_core.engine.row_sets import row_fingerprints, rows_among
+from mssl_core.engine.row_sets import remember_fingerprints, row_fingerprints, rows_among
 from mssl_core.engine.ssl import SSLOptions, with_ssl
 
 STAGES_DIM = sum(IMAGENET_STAGE_DIMS)
@@ -383,10 +383,6 @@ class SourceEnsemble:
         """Fit the active members (those of `names` only, where given); with `self_labeled`, its
         images still in `unlabeled` (found by their fingerprints) join the labeled ones, while
         the centre stays on `support`."""
-        joined = None
-        if self_labeled is not None and unlabeled is not None:
-            rows, found = rows_among(row_fingerprints(unlabeled), self_labeled.fingerprints)
-            joined = torch.from_numpy(rows), self_labeled.labels[torch.from_numpy(found)]
         parts = (support,) if unlabeled is None else (support, unlabeled)
         if self.tuning is not None and self.tuning.tuned_block is not None:
             # one tensor, the parts its views: predicting the same rows (or the batch alone, in
@@ -395,14 +391,13 @@ class SourceEnsemble:
             self._fitted_rows = (parts, tuned)
             support, unlabeled = tuned[: len(support)], None if unlabeled is None else tuned[len(support) :]
         centring = nullcontext()
-        if joined is not None:
-            rows, labels = joined
-            rest = torch.ones(len(unlabeled), dtype=torch.bool)
-            rest[rows] = False
+        if self_labeled is not None and unlabeled is not None:
             centring = centred_on_leading(self, len(support))
-            support = torch.cat([support, unlabeled[rows]])
-            support_labels = torch.cat([support_labels, labels])
-            unlabeled = unlabeled[rest]
+            # looked up among the batch as given: tuned rows have other bytes
+            rows, found = rows_among(row_fingerprints(parts[1]), self_labeled.fingerprints)
+            labels = torch.cat([support_labels, self_labeled.labels[torch.from_numpy(found)]])
+            support, unlabeled = _joined(support, unlabeled, rows)
+            support_labels = labels
         with torch.no_grad(), centring:
             for name, member in self.active_members().items():
                 if names is None or name in names:
@@ -461,6 +456,23 @@ class SourceEnsemble:
 
     def set_task_parameters(self, tensors: list[Tensor]) -> None:
         """Nothing of its own to replace."""
+
+
+def _joined(support: Tensor, unlabeled: Tensor, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+    """The labeled rows with the unlabeled `rows` after them, and the unlabeled rest: views of one
+    new tensor whose fingerprints are those of the rows it copies (row_sets.py), so that each
+    member recognises its rows without hashing them again."""
+    rest = np.ones(len(unlabeled), dtype=bool)
+    rest[rows] = False
+    order = np.concatenate([rows, np.flatnonzero(rest)])
+    joined = torch.empty(len(support) + len(unlabeled), support.shape[1], dtype=support.dtype)
+    joined[: len(support)] = support
+    torch.index_select(unlabeled, 0, torch.from_numpy(order), out=joined[len(support) :])
+    remember_fingerprints(
+        joined, np.concatenate([row_fingerprints(support), row_fingerprints(unlabeled)[order]])
+    )
+    labeled = len(support) + len(rows)
+    return joined[:labeled], joined[labeled:]
 
 
 def _use_plain_local_scale(member: TaskCentred) -> None:

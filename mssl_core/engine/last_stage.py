@@ -151,6 +151,10 @@ class LastStageTuning:
             out[start:end, self.head_slice.stop :] = part[:, self.head_slice.stop :]
             start = end
         out[:, self.writes] = written
+        if fingerprints is not None:
+            # of the rows given and the block: the members look up the rows they fit and predict
+            whole = np.concatenate([row_fingerprints(p) for p in parts])
+            row_sets.remember_fingerprints(out, row_sets.derived_fingerprints(whole, f"tuned {self._tag}"))
         return out
 
     @property

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mssl_core.engine.checkpoints import Model
+from mssl_core.engine.row_sets import remember_fingerprints
 from mssl_core.engine.ssl import SSLOptions
 from mssl_core.labeling.adapt import Prediction, adapt
 from mssl_core.labeling.bulk import embed_files
@@ -191,6 +192,8 @@ def adapt_batch(
     task_rows = torch.empty(len(labeled) + len(batch), batch.shape[1], dtype=batch.dtype)
     task_rows[: len(labeled)] = labeled
     torch.index_select(batch, 0, torch.from_numpy(fitted_order), out=task_rows[len(labeled) :])
+    # hashed once here: every member's look-up of its rows (its columns of them) derives from these
+    remember_fingerprints(task_rows)
     supported = len(labeled) + int(decided.sum())
     support, undecided = task_rows[:supported], task_rows[supported:]
     labels = torch.cat([labeled_labels, torch.from_numpy(decided_labels[decided])])

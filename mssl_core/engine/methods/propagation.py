@@ -16,6 +16,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from mssl_core.engine import row_sets
 from mssl_core.engine.methods import neighbour_graphs
 from mssl_core.engine.methods.base import FewShotMethod, register
 
@@ -97,7 +98,8 @@ class LabelPropagation(FewShotMethod):
         return squared, indices
 
     def _fit(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor | None) -> None:
-        nodes = support if unlabeled is None else torch.cat([support, unlabeled])
+        # stacked keeping the fingerprints of rows that have them: queries of those rows find them
+        nodes = support if unlabeled is None else row_sets.stacked(support, unlabeled)
         n_classes = int(support_labels.max()) + 1
         labels = torch.zeros(len(nodes), n_classes, dtype=nodes.dtype)
         labels[torch.arange(len(support)), support_labels] = 1
