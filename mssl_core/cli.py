@@ -52,20 +52,34 @@ def _crossdomain(args: argparse.Namespace) -> int:
         RESULTS_PATH,
         fit_one_shot_factors,
         format_table,
+        merged,
         run_crossdomain,
     )
+    from mssl_core.labeling.adapt import FEATURE_SOURCES
 
+    unknown = sorted(set(args.sources or ()) - set(FEATURE_SOURCES))
+    if unknown:
+        print(f"error: no image features named {', '.join(unknown)} (there are {', '.join(FEATURE_SOURCES)})")
+        return 2
     if args.fit_one_shot:
         print(json.dumps(fit_one_shot_factors(args.domains, args.episodes, args.seed), indent=2))
         return 0
     rows = run_crossdomain(
-        args.domains, args.episodes, args.seed, tuple(args.shots), args.jobs, _stderr, tuple(args.ways)
+        args.domains,
+        args.episodes,
+        args.seed,
+        tuple(args.shots),
+        args.jobs,
+        _stderr,
+        tuple(args.ways),
+        tuple(args.sources or FEATURE_SOURCES),
     )
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     if args.publish:
-        RESULTS_PATH.write_text(json.dumps(rows, indent=1))
-        RESULTS_PATH.with_suffix(".txt").write_text(format_table(rows) + "\n")
+        published = merged(json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else [], rows)
+        RESULTS_PATH.write_text(json.dumps(published, indent=1))
+        RESULTS_PATH.with_suffix(".txt").write_text(format_table(published) + "\n")
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
@@ -359,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     crossdomain.add_argument("--seed", type=int, default=0)
     crossdomain.add_argument(
+        "--sources",
+        nargs="+",
+        help="only these image features' rows beside the baselines, as --backbone names them (default: "
+        "all; the default rows come with combined): refreshes what a change to one source moves",
+    )
+    crossdomain.add_argument(
         "--jobs", type=int, default=1, help="settings evaluated in parallel (one per core)"
     )
     crossdomain.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -371,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     crossdomain.add_argument(
         "--publish",
         action="store_true",
-        help="write docs/crossdomain.json and .txt (the Model page reads them)",
+        help="write docs/crossdomain.json and .txt (the Model page reads them): the rows run "
+        "replace the published rows of the same domain, setting and row",
     )
     crossdomain.set_defaults(run=_crossdomain)
 

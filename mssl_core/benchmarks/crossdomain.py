@@ -180,19 +180,25 @@ def episode_outcomes(models: dict, pool: DomainPool, episode: Episode) -> dict[s
 
     for source in models:
         outcomes[f"{source} features"] = outcome(source)
-    outcomes[DEFAULT_ROW] = outcomes[f"{FEATURE_SOURCES[0]} features"]
-    outcomes[LABELED_ONLY_ROW] = outcome(FEATURE_SOURCES[0], with_batch=False)
+    if FEATURE_SOURCES[0] in models:
+        outcomes[DEFAULT_ROW] = outcomes[f"{FEATURE_SOURCES[0]} features"]
+        outcomes[LABELED_ONLY_ROW] = outcome(FEATURE_SOURCES[0], with_batch=False)
     return outcomes
 
 
 def setting_rows(
-    setting: Setting, episodes: int, seed: int, log: Callable[[str], None] = logger.info
+    setting: Setting,
+    episodes: int,
+    seed: int,
+    log: Callable[[str], None] = logger.info,
+    sources: tuple[str, ...] = FEATURE_SOURCES,
 ) -> list[dict]:
-    """Every row of one setting over the same `episodes` tasks."""
+    """Every row of one setting over the same `episodes` tasks: the baselines' and those of the
+    feature `sources` (the default's where the default source is among them)."""
     method = default_method()
     d = domain(setting.domain)
     pool = domain_pool(d, method)
-    models = {source: model_for(method, source) for source in FEATURE_SOURCES}
+    models = {source: model_for(method, source) for source in sources}
     n_classes, n_per_class = pool.images.shape[:2]
     spec = EpisodeSpec(setting.ways, setting.shots, setting.unlabeled, 0, 0)
     episode_seed = seed * 1000 + int(hashlib.sha1(setting.domain.encode()).hexdigest()[:4], 16) + setting.shots
@@ -303,7 +309,8 @@ def _padded(logits: Tensor) -> Tensor:
 
 def _setting_rows_in_worker(args: tuple) -> list[dict]:
     torch.set_num_threads(1)  # one process per core
-    return setting_rows(*args, log=logger.info)
+    setting, episodes, seed, sources = args
+    return setting_rows(setting, episodes, seed, logger.info, sources)
 
 
 def run_crossdomain(
@@ -314,18 +321,29 @@ def run_crossdomain(
     jobs: int = 1,
     log: Callable[[str], None] = logger.info,
     ways: tuple[int, ...] = (MAX_WAYS,),
+    sources: tuple[str, ...] = FEATURE_SOURCES,
 ) -> list[dict]:
-    """Rows of every setting (see the module docstring)."""
+    """Rows of every setting (see the module docstring); of the baselines and the feature
+    `sources` only, where fewer are given (`setting_rows`)."""
     grid = settings(names, shots, ways)
     method = default_method()
     for name in dict.fromkeys(s.domain for s in grid):
         domain_pool(domain(name), method)  # embedded once, here, so workers only load them
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as workers:
-            chunks = list(workers.map(_setting_rows_in_worker, [(s, episodes, seed) for s in grid]))
+            chunks = list(workers.map(_setting_rows_in_worker, [(s, episodes, seed, sources) for s in grid]))
     else:
-        chunks = [setting_rows(s, episodes, seed, log) for s in grid]
+        chunks = [setting_rows(s, episodes, seed, log, sources) for s in grid]
     return [row for chunk in chunks for row in chunk]
+
+
+def merged(published: list[dict], rows: list[dict]) -> list[dict]:
+    """The published rows with those of a new run in place of the same domain, setting and row
+    (a run of some feature sources refreshes their rows and leaves the others), new ones after."""
+    key = lambda row: (row["domain"], row["setting"], row.get("row"))  # noqa: E731
+    fresh = {key(row): row for row in rows}
+    kept = [fresh.pop(key(row), row) for row in published]
+    return kept + list(fresh.values())
 
 
 def summary(rows: list[dict]) -> list[dict]:

@@ -65,6 +65,24 @@ def test_the_benchmark_scores_the_default_and_the_baselines_on_the_same_batches(
     assert "blobs-development" in table and "best baseline" in table
 
 
+def test_a_run_of_one_source_refreshes_its_rows_and_leaves_the_others(blob_domains):
+    full = crossdomain.run_crossdomain(["blobs-development"], episodes=2, shots=(2,), log=lambda _: None)
+    combined_only = crossdomain.run_crossdomain(
+        ["blobs-development"], episodes=2, shots=(2,), log=lambda _: None, sources=("combined",)
+    )
+    assert {r["row"] for r in combined_only} == {
+        crossdomain.DEFAULT_ROW,
+        crossdomain.LABELED_ONLY_ROW,
+        "combined features",
+        *crossdomain.BASELINES,
+    }
+    stale = [{**r, "accuracy": -1.0} for r in full]
+    published = crossdomain.merged(stale, combined_only)
+    assert [(r["row"], r["accuracy"]) for r in published] == [
+        (r["row"], -1.0 if r["row"] not in {x["row"] for x in combined_only} else r["accuracy"]) for r in full
+    ]
+
+
 def test_one_shot_factors_are_fitted_on_development_domains_only(blob_domains):
     from mssl_core.engine.combined_source import ONE_SHOT_FACTORS
 
