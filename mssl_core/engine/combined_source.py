@@ -395,9 +395,8 @@ class SourceEnsemble:
             centring = centred_on_leading(self, len(support))
             # looked up among the batch as given: tuned rows have other bytes
             rows, found = rows_among(row_fingerprints(parts[1]), self_labeled.fingerprints)
-            labels = torch.cat([support_labels, self_labeled.labels[torch.from_numpy(found)]])
+            support_labels = torch.cat([support_labels, self_labeled.labels[torch.from_numpy(found)]])
             support, unlabeled = _joined(support, unlabeled, rows)
-            support_labels = labels
         with torch.no_grad(), centring:
             for name, member in self.active_members().items():
                 if names is None or name in names:
