@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -132,6 +134,46 @@ def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeyp
     )
     ensemble.fit(torch.cat([support, batch[:1]]), torch.cat([labels, torch.tensor([0])]), batch[1:])
     assert not [n for n in searched if n >= 1000], searched
+
+
+def test_a_refit_after_a_decision_hashes_the_task_rows_once(monkeypatch):
+    """As review refits (self-labeled images joined, six graph members on their columns): the
+    task rows are hashed once, the members find their rows from those fingerprints, and predict
+    exactly what they predict when every row is hashed afresh."""
+    from mssl_core.engine import row_sets
+
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 48, generator=generator)
+    truth = torch.arange(3).repeat(400)
+    batch = centres[truth] + 0.8 * torch.randn(1200, 48, generator=generator)
+    labels = torch.arange(3).repeat_interleave(3)
+    support = centres[labels] + 0.8 * torch.randn(9, 48, generator=generator)
+    members = {f"m{i}": Sliced(make_method("propagation"), slice(8 * i, 8 * i + 8)) for i in range(6)}
+    ensemble = SourceEnsemble(members, {**{n: 1.0 for n in members}, "combined": 1.0})
+    calibration = ensemble.fit(support, labels, batch).calibration
+    assert calibration.self_labeled is not None
+
+    def refit_and_predict() -> torch.Tensor:
+        task_rows = torch.cat([support, batch[:1], batch[1:]])  # one decision, as adapt_batch lays it out
+        row_sets.remember_fingerprints(task_rows)
+        refit = SourceEnsemble(ensemble.members, ensemble.one_shot_factors)
+        refit.fit(task_rows[:10], torch.cat([labels, truth[:1]]), task_rows[10:], calibration)
+        return refit.predict_proba(task_rows)
+
+    hashed = []
+    original = row_sets.row_fingerprints
+
+    def counting(rows):
+        if row_sets._known_view(rows) is None:
+            hashed.append(len(rows))
+        return original(rows)
+
+    for name in ("row_sets", "methods.neighbour_graphs", "feature_sources", "combined_source", "last_stage"):
+        monkeypatch.setattr(sys.modules[f"mssl_core.engine.{name}"], "row_fingerprints", counting)
+    remembered = refit_and_predict()
+    assert [n for n in hashed if n >= 1000] == [len(support) + len(batch)]  # the task rows, once
+    monkeypatch.setattr(row_sets, "_known_view", lambda rows: None)
+    assert torch.equal(refit_and_predict(), remembered)
 
 
 def test_a_classifier_member_sits_out_tasks_with_one_labeled_image_in_a_class():
