@@ -274,6 +274,7 @@ class SourceEnsemble:
         support_labels: Tensor,
         unlabeled: Tensor | None = None,
         calibration: Calibration | None = None,
+        refit_only: bool = False,
     ) -> SourceEnsemble:
         """Fit every active member to the task; `calibration` as `calibrate` gives it (computed
         here from `support` when not given). With a batch and confidence checked, the last stage
@@ -281,11 +282,21 @@ class SourceEnsemble:
         estimated (class_shares.py); then, with any batch, the members are self-trained
         (`_self_train`). `self.calibration` after this fit brings all of that: the review loop
         passes it back to refit fast, with the tuned block, shares and self-labeled images of the
-        batch it was first fitted to."""
+        batch it was first fitted to.
+
+        `refit_only` (review, once a person has decided some of the batch): the members are
+        fitted with the tuned block and shares of `calibration` and without self-labeled images.
+        A person's decisions take their place: an image self-training labeled keeps the scores
+        that chose it, so a wrong one stayed confidently wrong through a review and was reached
+        last (docs/review.md)."""
         calibration = calibration or self.calibrate(support, support_labels, unlabeled)
         self.calibration = calibration
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
+        if unlabeled is not None and refit_only:
+            self.calibration = replace(calibration, self_labeled=None)
+            self._fit_members(support, support_labels, unlabeled)
+            return self
         if unlabeled is not None and calibration.self_labeled is not None:
             self._fit_members(support, support_labels, unlabeled, self_labeled=calibration.self_labeled)
             return self

@@ -173,10 +173,13 @@ def fit_task(
             # per batch (its size: constant through a review, changed by an upload)
             key = _calibration_key(model, ssl, labeled, labels, len(support) - labeled_rows + len(unlabeled))
             calibration = _recalled(key)
-            if calibration is None:
-                calibration = method.calibrate(labeled, labels, task_unlabeled)
-            method.fit(support, support_labels, task_unlabeled, calibration)
-            _remember(key, method.calibration)
+            if calibration is not None and len(support) > labeled_rows:
+                # a person has decided some of the batch: no self-training (SourceEnsemble.fit)
+                method.fit(support, support_labels, task_unlabeled, calibration, refit_only=True)
+            else:
+                calibration = calibration or method.calibrate(labeled, labels, task_unlabeled)
+                method.fit(support, support_labels, task_unlabeled, calibration)
+                _remember(key, method.calibration)
         return AdaptedTask(classes, method, method.temperature, method.checked, method.calibration.held_out)
     method = with_ssl(method, ssl)
     measured = held_out_calibration(method, support[calibrate_on], support_labels[calibrate_on], task_unlabeled)

@@ -294,6 +294,24 @@ def test_a_refit_with_the_calibration_passed_back_labels_the_same_batch_images_w
     assert fitted == [len(support) + len(self_labeled.labels)] * 2  # both members
 
 
+def test_once_a_person_has_decided_images_a_refit_leaves_self_training_out(monkeypatch):
+    """Review after a decision: the members are fitted to the user's labeled and decided images
+    only, and no image keeps the scores self-training gave it."""
+    support, labels, batch, truth = _two_sources(shots=5, spread=1.5)
+    calibration = _ensemble().fit(support, labels, batch).calibration
+    assert calibration.self_labeled is not None
+    fitted = []
+    original = Sliced.fit
+    monkeypatch.setattr(
+        Sliced, "fit", lambda self, s, *a, **k: fitted.append(len(s)) or original(self, s, *a, **k)
+    )
+    decided = torch.cat([support, batch[:1]]), torch.cat([labels, truth[:1]])
+    refit = _ensemble().fit(*decided, batch[1:], calibration, refit_only=True)
+    assert fitted == [len(support) + 1] * 2  # both members, no self-labeled image among them
+    assert refit.calibration.self_labeled is None
+    assert refit.calibration.tuned_block is calibration.tuned_block
+
+
 def _fingerprints(rows: torch.Tensor) -> np.ndarray:
     from mssl_core.engine.row_sets import row_fingerprints
 
