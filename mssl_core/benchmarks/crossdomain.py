@@ -340,7 +340,10 @@ def run_crossdomain(
 def merged(published: list[dict], rows: list[dict]) -> list[dict]:
     """The published rows with those of a new run in place of the same domain, setting and row
     (a run of some feature sources refreshes their rows and leaves the others), new ones after."""
-    key = lambda row: (row["domain"], row["setting"], row.get("row"))  # noqa: E731
+
+    def key(row: dict) -> tuple:
+        return row["domain"], row["setting"], row.get("row")
+
     fresh = {key(row): row for row in rows}
     kept = [fresh.pop(key(row), row) for row in published]
     return kept + list(fresh.values())

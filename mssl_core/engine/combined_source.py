@@ -293,12 +293,10 @@ class SourceEnsemble:
         self.calibration = calibration
         if self.tuning is not None:
             self.tuning.tuned_block = calibration.tuned_block
-        if unlabeled is not None and refit_only:
-            self.calibration = replace(calibration, self_labeled=None)
-            self._fit_members(support, support_labels, unlabeled)
-            return self
-        if unlabeled is not None and calibration.self_labeled is not None:
-            self._fit_members(support, support_labels, unlabeled, self_labeled=calibration.self_labeled)
+        if unlabeled is not None and (refit_only or calibration.self_labeled is not None):
+            self_labeled = None if refit_only else calibration.self_labeled
+            self.calibration = replace(calibration, self_labeled=self_labeled)
+            self._fit_members(support, support_labels, unlabeled, self_labeled=self_labeled)
             return self
         self._fit_members(support, support_labels, unlabeled)
         if unlabeled is None:

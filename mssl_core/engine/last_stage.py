@@ -132,9 +132,11 @@ class LastStageTuning:
         if self.tuned_block is None:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
         written = None
-        fingerprints = None
+        whole = fingerprints = None
         if rows >= row_sets.SMALLEST:
-            fingerprints = np.concatenate([row_fingerprints(p[:, self._reads]) for p in parts])
+            # the rows hashed once (or their remembered fingerprints): the columns read follow
+            whole = np.concatenate([row_fingerprints(p) for p in parts])
+            fingerprints = row_sets.derived_fingerprints(whole, f"reads {self._reads}")
             found = _tuned_rows.get(self._tag, fingerprints)
             if found is not None:
                 computed_order, values = found
@@ -151,9 +153,8 @@ class LastStageTuning:
             out[start:end, self.head_slice.stop :] = part[:, self.head_slice.stop :]
             start = end
         out[:, self.writes] = written
-        if fingerprints is not None:
+        if whole is not None:
             # of the rows given and the block: the members look up the rows they fit and predict
-            whole = np.concatenate([row_fingerprints(p) for p in parts])
             row_sets.remember_fingerprints(out, row_sets.derived_fingerprints(whole, f"tuned {self._tag}"))
         return out
 

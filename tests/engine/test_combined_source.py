@@ -136,10 +136,12 @@ def test_after_a_correction_every_member_finds_its_neighbour_lists_again(monkeyp
     assert not [n for n in searched if n >= 1000], searched
 
 
-def test_a_refit_after_a_decision_hashes_the_task_rows_once(monkeypatch):
-    """As review refits (self-labeled images joined, six graph members on their columns): the
-    task rows are hashed once, the members find their rows from those fingerprints, and predict
-    exactly what they predict when every row is hashed afresh."""
+@pytest.mark.parametrize("refit_only", [False, True])
+def test_a_refit_after_a_decision_hashes_the_task_rows_once(monkeypatch, refit_only):
+    """As review refits, with the self-labeled images joined (no decision yet) or left out (a
+    decision made), six graph members on their columns: the task rows are hashed once, the
+    members find their rows from those fingerprints, and predict exactly what they predict when
+    every row is hashed afresh."""
     from mssl_core.engine import row_sets
 
     generator = torch.Generator().manual_seed(0)
@@ -157,7 +159,7 @@ def test_a_refit_after_a_decision_hashes_the_task_rows_once(monkeypatch):
         task_rows = torch.cat([support, batch[:1], batch[1:]])  # one decision, as adapt_batch lays it out
         row_sets.remember_fingerprints(task_rows)
         refit = SourceEnsemble(ensemble.members, ensemble.one_shot_factors)
-        refit.fit(task_rows[:10], torch.cat([labels, truth[:1]]), task_rows[10:], calibration)
+        refit.fit(task_rows[:10], torch.cat([labels, truth[:1]]), task_rows[10:], calibration, refit_only)
         return refit.predict_proba(task_rows)
 
     hashed = []
