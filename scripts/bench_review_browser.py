@@ -64,10 +64,15 @@ def press_and_time(server: str, size: int, presses: int) -> list[float]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(300_000)
+        # a slow press is a figure for the table, not a crash: expect() waits 5 s unless told
+        playwright.expect.set_options(timeout=120_000)
         page.goto(f"{server}/review?project=bench")
         playwright.expect(page.get_by_text(f"0 of {size} reviewed")).to_be_visible(timeout=300_000)
         for done in range(1, presses + 1):
             _wait_until_idle(page)
+            # on a fresh page the text arrives before the buttons are drawn: a key pressed in
+            # between has no shortcut to go to
+            playwright.expect(page.get_by_role("button", name="Accept '")).to_be_visible()
             shown = page.get_by_text("Next: ").first.inner_text()
             page.get_by_role("heading", name="Review").click()
             started = time.perf_counter()
