@@ -7,7 +7,13 @@ says so, and the rest of the batch re-adapts to it at once."""
 import streamlit as st
 
 from mssl_core.project.ingest import demo_accuracy
-from mssl_core.project.review import expected_errors, likely_most_errors, review_order, threshold_summary
+from mssl_core.project.review import (
+    ACCEPTED_ERROR_RATIO_90,
+    expected_errors,
+    likely_most_errors,
+    review_order,
+    threshold_summary,
+)
 from mssl_core.project.store import decision_action
 from views.access import md, require_unlocked
 from views.common import (
@@ -115,9 +121,12 @@ with st.container(border=True):
     if not count:
         expected = ""
     elif prediction.confidence_checked:
+        wrong = count * (1 - precision)
+        most = likely_most_errors(wrong, count, ACCEPTED_ERROR_RATIO_90)
+        about = f"about {wrong:.0f} wrong among them, likely " if round(wrong) else "likely "
         expected = (
-            f", expected precision {precision:.1%} (confidence calibrated on validation tasks and "
-            f"your labeled examples{checked_by_decisions(prediction)})"
+            f", expected precision {precision:.1%}: {about}no more than {most} wrong (confidence "
+            f"calibrated on validation tasks and your labeled examples{checked_by_decisions(prediction)})"
         )
     else:  # one labeled image in some class: off validation's domain the estimate can be far off
         expected = (

@@ -66,13 +66,20 @@ def expected_errors(confidence: np.ndarray) -> tuple[float, float | None]:
 # expected count is right on average but not task by task; as a review goes on it runs high, not
 # low (the simulated reviews of docs/review.md), so a bound above stays a bound.
 ERROR_COUNT_RATIO_90 = 1.50
+# The same among the images a person accepts above a confidence threshold: the most confident
+# images are a little over-confident on some development domains (MNIST, Fashion-MNIST: about 1.3
+# times the expected count wrong) and a count of a few varies more. The 90th percentile over 320
+# development tasks (the four domains above, 5-way, 5 and 10 shots), at every threshold from 0.8
+# to 0.98 (docs/review.md, "How many wrong among the images accepted above a threshold").
+ACCEPTED_ERROR_RATIO_90 = 2.2
 
 
-def likely_most_errors(expected: float, images: int | None = None) -> int:
+def likely_most_errors(expected: float, images: int | None = None, ratio: float = ERROR_COUNT_RATIO_90) -> int:
     """The count of wrong labels, among images whose expected count is `expected` (`images`
     of them, where given), that the actual count stayed at or below for 9 development tasks
-    in 10 (ERROR_COUNT_RATIO_90)."""
-    most = math.ceil((expected + 1) * ERROR_COUNT_RATIO_90 - 1)
+    in 10: ERROR_COUNT_RATIO_90 for the rest of a batch, ACCEPTED_ERROR_RATIO_90 for the images
+    above an accept threshold."""
+    most = math.ceil((expected + 1) * ratio - 1)
     return most if images is None else min(images, most)
 
 

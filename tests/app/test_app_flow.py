@@ -213,6 +213,22 @@ def test_review_says_how_many_errors_the_rest_holds_and_offers_to_stop(app):
         assert any("Keep reviewing" in c.value for c in app.caption)
 
 
+def test_accepting_above_a_threshold_says_how_many_wrong_labels_it_likely_takes_in(app):
+    import numpy as np
+
+    from mssl_core.project.review import ACCEPTED_ERROR_RATIO_90, likely_most_errors
+
+    _demo_on_the_review_page(app)
+    project = store.open_project("demo", create=False)
+    confidence = np.array([c for _, c in project.predictions().values()])
+    above = confidence[confidence >= 0.95]  # the slider's default
+    wrong = float((1 - above).sum())
+    summary = next(m.value for m in app.markdown if m.value.startswith("Accepts "))
+    assert f"Accepts **{len(above)}** images, expected precision {above.mean():.1%}" in summary
+    most = likely_most_errors(wrong, len(above), ACCEPTED_ERROR_RATIO_90)
+    assert f"no more than {most} wrong" in summary and most > wrong
+
+
 def test_review_says_when_the_decisions_have_checked_the_confidence(app):
     import time
 

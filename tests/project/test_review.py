@@ -39,3 +39,22 @@ def test_the_likely_most_errors_is_above_the_expected_count_and_grows_with_it():
         previous = most
     assert likely_most_errors(12.5) > 13  # a bound, not the expected count rounded
     assert likely_most_errors(400.0, images=420) == 420  # never more errors than images
+
+
+def test_the_bound_on_accepted_images_holds_where_confidence_is_right():
+    """Among images accepted above a threshold, a bound for 9 tasks in 10: with perfectly
+    calibrated confidence (each image wrong with probability 1 - confidence) it must hold at least
+    that often, from a handful of expected errors to dozens."""
+    from mssl_core.project.review import ACCEPTED_ERROR_RATIO_90, ERROR_COUNT_RATIO_90, likely_most_errors
+
+    assert ACCEPTED_ERROR_RATIO_90 >= ERROR_COUNT_RATIO_90  # a few wrong labels vary more than many
+    rng = np.random.default_rng(0)
+    for low in (0.97, 0.9, 0.8):
+        held = []
+        for _ in range(400):
+            confidence = rng.uniform(low, 1.0, size=150)
+            wrong = int((rng.random(150) > confidence).sum())
+            held.append(
+                wrong <= likely_most_errors(float((1 - confidence).sum()), 150, ACCEPTED_ERROR_RATIO_90)
+            )
+        assert np.mean(held) >= 0.9, low
