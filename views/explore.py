@@ -89,7 +89,8 @@ with right:
         px.histogram(frame, x="confidence", nbins=20, title="Confidence", height=260), width="stretch"
     )
     counts = frame["label"].value_counts().rename_axis("class").reset_index(name="images")
-    st.dataframe(counts, hide_index=True)
+    # the count first: a long class name would push it out of this narrow column
+    st.dataframe(counts, hide_index=True, column_order=("images", "class"))
 
 selected = [int(p["customdata"][0]) for p in event.selection.points] if event else []
 if selected:
