@@ -99,10 +99,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from mssl_core.engine.class_shares import describe_shares
     from mssl_core.engine.ssl import SSLOptions
     from mssl_core.labeling.embedding_cache import EmbeddingCache
     from mssl_core.labeling.folders import label_folders, write_predictions_csv
+    from mssl_core.project.review import confidence_summary
 
     ssl = SSLOptions(
         pseudo_label_rounds=args.pseudo_label_rounds,
@@ -157,6 +160,9 @@ def _label(args: argparse.Namespace) -> int:
             )
         if result.batch_shares is not None:
             _stderr(describe_shares(result.classes, result.batch_shares))
+        confidence = result.confidence
+        for line in confidence_summary(confidence[~np.isnan(confidence)], result.confidence_checked):
+            _stderr(line)
     _stderr(
         f"labeled {images - failed} images with {model_name}"
         f" ({reason}); {failed} could not be read; wrote {args.out}"

@@ -70,6 +70,24 @@ def test_label_cli_writes_a_row_per_file_and_reports_the_corrupt_one(
             assert abs(float(row["confidence"]) - max(float(row[k]) for k in row if k[:2] == "p_")) < 1e-4
 
 
+def test_label_cli_says_what_the_confidence_promises_or_that_it_was_not_checked(
+    shape_folders, tiny_models, tmp_path, capsys
+):
+    support, unlabeled, truth = shape_folders
+    args = ["label", "--support", str(support), "--unlabeled", str(unlabeled), "--out", str(tmp_path / "p.csv")]
+    assert main([*args, "--models", str(tiny_models), "--no-cache"]) == 0
+    said = capsys.readouterr().err
+    assert re.search(
+        rf"about \d+ wrong labels expected among the {len(truth)} images \(expected precision", said
+    )
+    assert "likely no more than" in said and "not checked" not in said
+    for extra in sorted((support / "circle").iterdir())[1:]:  # one labeled circle: nothing to check on
+        extra.unlink()
+    assert main([*args, "--models", str(tiny_models), "--no-cache"]) == 0
+    said = capsys.readouterr().err
+    assert "confidence not checked on your images" in said and "wrong labels expected" not in said
+
+
 def test_label_cli_refuses_a_single_class(shape_folders, tiny_models, tmp_path):
     support, unlabeled, _ = shape_folders
     for extra in ("square", "cross"):

@@ -52,6 +52,7 @@ class LabelingResult:
     # labeled files (relative to the labeled folder) whose label looks wrong (label_issues.py)
     labels_to_check: list[tuple[str, LabelCheck]] = field(default_factory=list)
     batch_shares: np.ndarray | None = None  # see adapt.Prediction.batch_shares
+    confidence_checked: bool = False  # see adapt.Prediction.confidence_checked
 
     @property
     def paths(self) -> list[str]:
@@ -209,7 +210,14 @@ def predict_embedded(
         found = labels_to_check(labels.numpy(), prediction.held_out, classes)
         checks = [(task_support.paths[check.row], check) for check in found]
     return LabelingResult(
-        classes, rows, model.name, task_support.reason, seconds, checks, prediction.batch_shares
+        classes,
+        rows,
+        model.name,
+        task_support.reason,
+        seconds,
+        checks,
+        prediction.batch_shares,
+        prediction.confidence_checked,
     )
 
 

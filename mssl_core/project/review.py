@@ -83,6 +83,33 @@ def likely_most_errors(expected: float, images: int | None = None, ratio: float 
     return most if images is None else min(images, most)
 
 
+def confidence_summary(confidence: np.ndarray, checked: bool, threshold: float = 0.9) -> list[str]:
+    """What the confidence of a labeled batch promises, in the Review page's terms, for a
+    command-line run: the wrong labels to expect over the batch and among the images at or
+    above `threshold`, each with its likely most; or why nothing can be promised."""
+    if not checked:
+        return [
+            "confidence not checked on your images (a class has a single labeled image): "
+            "read it as a ranking, not as a probability"
+        ]
+    errors, precision = expected_errors(confidence)
+    if precision is None:
+        return []
+    most = likely_most_errors(errors, len(confidence))
+    lines = [
+        f"about {errors:.0f} wrong labels expected among the {len(confidence)} images "
+        f"(expected precision {precision:.1%}), likely no more than {most}"
+    ]
+    count, above = threshold_summary(confidence, threshold)
+    if count:
+        most_above = likely_most_errors(count * (1 - above), count, ACCEPTED_ERROR_RATIO_90)
+        lines.append(
+            f"at >= {threshold:.0%} confidence: {count} images, expected precision {above:.1%}, "
+            f"likely no more than {most_above} wrong"
+        )
+    return lines
+
+
 # Prior sd of log(review factor): with few decisions the factor stays near 1 (the labeled
 # images' calibration), with many the decisions decide. Chosen on development tasks (MNIST,
 # Fashion-MNIST, MRI, OpenArena; docs/review.md, "The reviewer's decisions check the confidence").

@@ -58,3 +58,20 @@ def test_the_bound_on_accepted_images_holds_where_confidence_is_right():
                 wrong <= likely_most_errors(float((1 - confidence).sum()), 150, ACCEPTED_ERROR_RATIO_90)
             )
         assert np.mean(held) >= 0.9, low
+
+
+def test_the_command_line_summary_states_the_expected_wrong_labels_and_their_likely_most():
+    from mssl_core.project.review import ACCEPTED_ERROR_RATIO_90, confidence_summary, likely_most_errors
+
+    confidence = np.array([0.98] * 50 + [0.6] * 10)  # 1 + 4 wrong labels expected
+    overall, above = confidence_summary(confidence, checked=True)
+    assert overall == (
+        "about 5 wrong labels expected among the 60 images (expected precision 91.7%), "
+        f"likely no more than {likely_most_errors(float((1 - confidence).sum()), 60)}"
+    )
+    most = likely_most_errors(float((1 - confidence[:50]).sum()), 50, ACCEPTED_ERROR_RATIO_90)
+    assert (
+        above == f"at >= 90% confidence: 50 images, expected precision 98.0%, likely no more than {most} wrong"
+    )
+    assert confidence_summary(confidence, checked=False)[0].startswith("confidence not checked")
+    assert confidence_summary(np.array([]), checked=True) == []
