@@ -8,7 +8,7 @@ import streamlit as st
 
 from mssl_core.project.ingest import demo_accuracy
 from mssl_core.project.review import (
-    ACCEPTED_ERROR_RATIO_90,
+    accepted_errors,
     expected_errors,
     likely_most_errors,
     review_order,
@@ -121,8 +121,7 @@ with st.container(border=True):
     if not count:
         expected = ""
     elif prediction.confidence_checked:
-        wrong = count * (1 - precision)
-        most = likely_most_errors(wrong, count, ACCEPTED_ERROR_RATIO_90)
+        wrong, most = accepted_errors(count, precision)
         about = f"about {wrong:.0f} wrong among them, likely " if round(wrong) else "likely "
         expected = (
             f", expected precision {precision:.1%}: {about}no more than {most} wrong (confidence "

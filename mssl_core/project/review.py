@@ -83,6 +83,13 @@ def likely_most_errors(expected: float, images: int | None = None, ratio: float 
     return most if images is None else min(images, most)
 
 
+def accepted_errors(count: int, precision: float) -> tuple[float, int]:
+    """(wrong labels to expect, how many at most, likely) among `count` images accepted above a
+    threshold with expected precision `precision` (`threshold_summary`)."""
+    wrong = count * (1 - precision)
+    return wrong, likely_most_errors(wrong, count, ACCEPTED_ERROR_RATIO_90)
+
+
 def confidence_summary(confidence: np.ndarray, checked: bool, threshold: float = 0.9) -> list[str]:
     """What the confidence of a labeled batch promises, in the Review page's terms, for a
     command-line run: the wrong labels to expect over the batch and among the images at or
@@ -102,7 +109,7 @@ def confidence_summary(confidence: np.ndarray, checked: bool, threshold: float =
     ]
     count, above = threshold_summary(confidence, threshold)
     if count:
-        most_above = likely_most_errors(count * (1 - above), count, ACCEPTED_ERROR_RATIO_90)
+        most_above = accepted_errors(count, above)[1]
         lines.append(
             f"at >= {threshold:.0%} confidence: {count} images, expected precision {above:.1%}, "
             f"likely no more than {most_above} wrong"
