@@ -187,9 +187,11 @@ focus = result.images[queue[0]]
 focus_label, focus_confidence = prediction.labels[queue[0]], prediction.confidence[queue[0]]
 with st.container(border=True):
     picture, actions = st.columns([1, 3])
-    show_images([(focus.path, "")], 180, picture)
     with actions:
-        st.write(f"**Next: {md(focus.name)}** — model says **{md(focus_label)}** ({focus_confidence:.0%})")
+        # the image and its name are drawn after the buttons that take the keys: on a freshly
+        # opened page a key pressed as soon as the image shows finds its shortcut (the page draws
+        # what it receives in batches; docs/review.md, "A first key press that went nowhere")
+        next_image = st.empty()
         st.caption("Keyboard: A accept · 1–9 pick the class · S skip · Z undo")
         st.button(
             f"Accept '{md(focus_label)}'",
@@ -220,6 +222,10 @@ with st.container(border=True):
             on_click=decide,
             args=(focus, result.decisions.get(focus.id), "skip"),
         )
+        next_image.write(
+            f"**Next: {md(focus.name)}** — model says **{md(focus_label)}** ({focus_confidence:.0%})"
+        )
+    show_images([(focus.path, "")], 180, picture)
 
 st.write("**Also uncertain**")
 columns = st.columns(4)
