@@ -70,8 +70,8 @@ def press_and_time(server: str, size: int, presses: int) -> list[float]:
         playwright.expect(page.get_by_text(f"0 of {size} reviewed")).to_be_visible(timeout=300_000)
         for done in range(1, presses + 1):
             _wait_until_idle(page)
-            # on a fresh page the text arrives before the buttons are drawn: a key pressed in
-            # between has no shortcut to go to
+            # the key goes to the Accept button's shortcut: wait for that button, not for text near
+            # it (docs/review.md, "A first key press that went nowhere")
             playwright.expect(page.get_by_role("button", name="Accept '")).to_be_visible()
             shown = page.get_by_text("Next: ").first.inner_text()
             page.get_by_role("heading", name="Review").click()
