@@ -60,18 +60,19 @@ def expected_errors(confidence: np.ndarray) -> tuple[float, float | None]:
 
 
 # How far above the expected count of wrong labels the actual one went, before any review: the
-# 90th percentile of (actual + 1) / (expected + 1) over 160 development tasks (MNIST,
-# Fashion-MNIST, MRI, OpenArena; 5-way 5 and 10 shots; scripts/error_count_range.py).
+# smallest ratio under which (actual + 1) <= (expected + 1) * ratio on 90% of 640 development tasks
+# shaped like a user's (MNIST, Fashion-MNIST, MRI, OpenArena; 3-way 5-shot and 2-way 10-shot,
+# 300 batch images split unevenly among the classes; two draws of 320). On the benchmark's
+# 5-way tasks with equal classes 1.5 had sufficed; on these it held on 81% (docs/review.md).
 # Confidence is calibrated on a few held-out predictions of the user's labeled images, so the
 # expected count is right on average but not task by task; as a review goes on it runs high, not
 # low (the simulated reviews of docs/review.md), so a bound above stays a bound.
-ERROR_COUNT_RATIO_90 = 1.50
-# The same among the images a person accepts above a confidence threshold: the most confident
-# images are a little over-confident on some development domains (MNIST, Fashion-MNIST: about 1.3
-# times the expected count wrong) and a count of a few varies more. The 90th percentile over 320
-# development tasks (the four domains above, 5-way, 5 and 10 shots), at every threshold from 0.8
-# to 0.98 (docs/review.md, "How many wrong among the images accepted above a threshold").
-ACCEPTED_ERROR_RATIO_90 = 2.2
+ERROR_COUNT_RATIO_90 = 1.9
+# The same among the images a person accepts above a confidence threshold: a count of a few varies
+# more. The smallest ratio holding on 90% of the same 640 tasks at every threshold from 0.8 to
+# 0.98 (2.2, chosen on the benchmark's 5-way tasks, held on 86-92% of them; docs/review.md,
+# "How many wrong among the images accepted above a threshold" and the section after it).
+ACCEPTED_ERROR_RATIO_90 = 2.6
 
 
 def likely_most_errors(expected: float, images: int | None = None, ratio: float = ERROR_COUNT_RATIO_90) -> int:
