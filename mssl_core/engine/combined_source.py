@@ -15,8 +15,7 @@ averages their log-probabilities (a product of experts: a member that is unsure 
 little) and fits the ensemble's own temperature on the same held-out predictions. With a single
 labeled image in some class nothing can be held out, and factors fitted on the development
 domains stand in (`crossdomain.fit_one_shot_factors`). Last, the batch images the ensemble is
-surest of join the labeled ones and the members are fitted again (self-training; twice where
-a class has one labeled image).
+surest of join the labeled ones and the members are fitted again (self-training).
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ ONE_SHOT_FACTORS = {
     "conv4": 8.474,
     "pixels": 11.532,
     "mobilenetv3": 3.331,
-    "combined": 0.637,
+    "combined": 0.631,
 }
 # A single source chosen by name (labeling.adapt) keeps the meta-learned scale (not
 # PLAIN_LOCAL_SCALE): its one-shot factor is the one fitted for that scale.
@@ -87,12 +86,6 @@ NEEDS_TWO_PER_CLASS = ("logreg", "mobilenetv3-logreg")
 # this share of an even split of the batch, join the labeled ones. Chosen on the development
 # domains at 1 shot (60 tasks a row), confirmed at 5 and 10 (docs/crossdomain.md).
 SELF_TRAINING_SHARE = 0.5
-# Where confidence cannot be checked (a class with one labeled image) the few labeled images gain
-# most from the batch: a second round follows, with the members so refitted choosing twice as many
-# (a whole even share). Development domains, 1-shot, 40 tasks a row: +0.1 to +0.7 points on all
-# nine rows, ECE and the promise at >= 0.9 within 0.01 and 0.4 points; a third round or a second
-# of the same size gained more but over-promised on OpenArena (docs/crossdomain.md).
-ONE_SHOT_ROUNDS = 2
 # Members (centred ImageNet features) whose graph uses the plain local scale (the distance to a
 # node's 3rd neighbour) instead of the 0.40 of it meta-learned with the head's features: labels
 # travel further. Development domains, against the learned scale: 5-way 1-shot (40 tasks each)
@@ -287,9 +280,9 @@ class SourceEnsemble:
         here from `support` when not given). With a batch and confidence checked, the last stage
         is then tuned to the task (last_stage.py, with `tuning`) and the batch's class shares
         estimated (class_shares.py); then, with any batch, the members are self-trained
-        (`_self_train`, ONE_SHOT_ROUNDS times where confidence is not checked). `self.calibration`
-        after this fit brings all of that: the review loop passes it back to refit fast, with the
-        tuned block, shares and self-labeled images of the batch it was first fitted to.
+        (`_self_train`). `self.calibration` after this fit brings all of that: the review loop
+        passes it back to refit fast, with the tuned block, shares and self-labeled images of the
+        batch it was first fitted to.
 
         `refit_only` (review, once a person has decided some of the batch): the members are
         fitted with the tuned block and shares of `calibration` and without self-labeled images.
@@ -313,8 +306,7 @@ class SourceEnsemble:
         # the tuning also gained nothing on the development domains)
         if calibration.checked and not calibration.tuned_block:
             self._tune_and_share(support, support_labels, unlabeled)
-        for round_ in range(1, (1 if calibration.checked else ONE_SHOT_ROUNDS) + 1):
-            self._self_train(support, support_labels, unlabeled, round_ * SELF_TRAINING_SHARE)
+        self._self_train(support, support_labels, unlabeled)
         return self
 
     def _tune_and_share(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor) -> None:
@@ -334,14 +326,14 @@ class SourceEnsemble:
             if ratios is not None:
                 self.calibration = replace(self.calibration, batch_log_ratios=torch.from_numpy(ratios).float())
 
-    def _self_train(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor, share: float) -> None:
-        """The batch images the ensemble is surest of, up to `share` of an even share of the
-        batch for each class, join the labeled ones with the class it gives them (in place of
-        those an earlier round chose), and every member is fitted again. As many for every class
-        the batch allows, so that the class most of the batch is given does not grow on its own;
-        the user's labeled images alone still place the centre."""
+    def _self_train(self, support: Tensor, support_labels: Tensor, unlabeled: Tensor) -> None:
+        """The batch images the ensemble is surest of, up to SELF_TRAINING_SHARE of an even share
+        of the batch for each class, join the labeled ones with the class it gives them, and
+        every member is fitted again. As many for every class the batch allows, so that the class
+        most of the batch is given does not grow on its own; the user's labeled images alone
+        still place the centre."""
         ways = int(support_labels.max()) + 1
-        per_class = round(share * len(unlabeled) / ways)
+        per_class = round(SELF_TRAINING_SHARE * len(unlabeled) / ways)
         if not per_class:
             return
         with torch.no_grad():
